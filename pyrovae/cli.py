@@ -1,0 +1,202 @@
+"""Command line: ``pyrovae {train,evaluate,sample,toy} ...`` (also ``python -m pyrovae``).
+
+Every command is a thin layer over the Python API; errors a user can cause print one line
+``pyrovae: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import PyrovaeError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gives one line (not the usage block) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be whole numbers >= 1, got {text!r}")
+    return sizes
+
+
+def _obs_scale(text: str) -> float | None:
+    if text == "learned":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'learned', got {text!r}") from None
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a VAE and write a run folder",
+                       description="Train a VAE with SVI. Options left out take the data set's "
+                       "defaults (see the README).")
+    p.add_argument("--dataset", default="mnist-5k",
+                   help="mnist-5k (default, offline), digits, mnist, fashion-mnist, idx:PATH, "
+                   "npy:PATH, npz:PATH")
+    p.add_argument("--data-dir", help="folder holding the IDX files (searched first)")
+    p.add_argument("--binarize", choices=["none", "static", "dynamic"],
+                   help="binarize grey levels: none, static (one draw) or dynamic (every epoch)")
+    p.add_argument("--likelihood", help="bernoulli (default), continuous-bernoulli, gaussian, laplace")
+    p.add_argument("--obs-scale", type=_obs_scale,
+                   help="gaussian/laplace pixel scale: a number, or 'learned' (default)")
+    p.add_argument("--net", help="mlp (default) or conv")
+    p.add_argument("--hidden", type=_sizes, help="dense hidden sizes, e.g. 400 or 512,256")
+    p.add_argument("--z-dim", type=int, help="latent dimensions")
+    p.add_argument("--estimator", default=None, help="objective: trace (default), meanfield, ...")
+    p.add_argument("--particles", type=int, default=None, help="samples per example per step")
+    p.add_argument("--beta", type=float, default=None, help="KL weight (default 1)")
+    p.add_argument("--kl-schedule", default=None,
+                   help="constant, linear[:steps=N|epochs=E], cyclical[:cycles=M,ratio=R], "
+                   "sigmoid[:steps=N|epochs=E,k=K]")
+    p.add_argument("--epochs", type=int, help="total epochs (with --resume: train up to this)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+    p.add_argument("--limit", type=int, help="use only the first N examples (smoke runs)")
+    p.add_argument("--out", help="run folder (default runs/<dataset>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from .training import train
+
+    fields = ["dataset", "data_dir", "binarize", "likelihood", "obs_scale", "net", "hidden",
+              "z_dim", "estimator", "particles", "beta", "kl_schedule", "epochs", "batch_size",
+              "lr", "seed", "device", "limit"]
+    given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    if args.resume:
+        given.pop("dataset", None)
+        run = train(run_dir=args.resume, resume=True, progress=not args.no_progress, **given)
+    else:
+        run = train(run_dir=args.out or _default_out(args.dataset), progress=not args.no_progress,
+                    **given)
+    last = run.metrics[-1] if run.metrics else {}
+    print(f"run folder: {run.run_dir}")
+    if last:
+        print(f"epoch {last['epoch']}: train loss {last['train_loss']:.2f}, held-out ELBO "
+              f"{last['test_elbo']:.2f} nats (recon {last['test_recon']:.2f}, KL "
+              f"{last['test_kl']:.2f}), {last['active_units']} active units")
+    return 0
+
+
+def _default_out(dataset: str) -> str:
+    import time
+
+    safe = dataset.replace(":", "-").replace("/", "_")
+    return str(Path("runs") / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="held-out ELBO and importance-sampled log p(x) of a run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--iwae-k", type=int, default=1000, help="importance samples K (default 1000)")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from .evaluation import evaluate
+    from .runs import write_json
+    from .training import load_run
+
+    run = load_run(args.run, device=args.device)
+    x = run.data.test_x if args.split == "test" else run.data.train_x
+    if args.limit is not None:
+        if args.limit < 1:
+            raise PyrovaeError(f"--limit must be >= 1, got {args.limit}")
+        x = x[: args.limit]
+    if args.batch_size < 1:
+        raise PyrovaeError(f"--batch-size must be >= 1, got {args.batch_size}")
+    result = evaluate(run.vae, x, iwae_k=args.iwae_k, batch_size=args.batch_size, seed=args.seed)
+    result["split"] = args.split
+    write_json(Path(args.run) / "eval.json", result)
+    print(f"{'quantity (nats per example)':<32} value")
+    for key, label in [("elbo", "ELBO"), ("recon", "reconstruction E_q log p(x|z)"),
+                       ("kl", "KL(q(z|x) || p(z))"), ("log_px", f"log p(x), IWAE K={args.iwae_k}")]:
+        if key in result:
+            print(f"{label:<32} {result[key]:.3f}")
+    print(f"{'active units':<32} {result['active_units']}")
+    print(f"{result['n']} {args.split} images; written to {Path(args.run) / 'eval.json'}")
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="an image grid of samples from a trained run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="PNG path (default RUN/figures/samples-<seed>.png)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_sample)
+
+
+def _sample(args) -> int:
+    import torch
+
+    from . import plots
+    from .training import load_run
+
+    if args.n < 1:
+        raise PyrovaeError(f"--n must be >= 1, got {args.n}")
+    run = load_run(args.run, device=args.device, data=False)
+    images = run.vae.sample(args.n, torch.Generator().manual_seed(args.seed))
+    out = Path(args.out) if args.out else Path(args.run) / "figures" / f"samples-{args.seed}.png"
+    if out.suffix.lower() != ".png":
+        raise PyrovaeError(f"--out must end in .png, got {out}")
+    plots.save(plots.plot_images(images, f"{args.n} samples from the prior"), out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyrovae", description="Variational auto-encoders as Pyro programs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_sample(sub)
+    try:
+        from .toy import cli as toy_cli
+    except ImportError:  # pragma: no cover - the toy model ships with the package
+        toy_cli = None
+    if toy_cli is not None:
+        toy_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pyrovae`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except PyrovaeError as exc:
+        print(f"pyrovae: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyrovae: interrupted; the last checkpoint written is intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,247 @@
+"""The one training loop: SVI on a Pyro ELBO, in-memory batches, metrics and checkpoints per epoch.
+
+Read top to bottom: :func:`train` resolves the config, loads data, builds (or restores) the VAE,
+optimizer and KL schedule, then :func:`fit` runs the epochs. The CLI, the Python API and the
+notebooks all call :func:`train`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from . import runs
+from .config import TrainConfig, resolve
+from .data import Dataset, binarize, check_binarize_mode, load_dataset
+from .errors import PyrovaeError
+from .evaluation import active_units, elbo_terms
+from .objectives import make_elbo
+from .schedules import Schedule, from_dict, parse_schedule, to_dict
+from .vae import VAE
+
+EVAL_SEED = 1234  # fixed draw for binarizing held-out data, so runs compare on the same images
+
+
+class TrainingDiverged(PyrovaeError):
+    """The loss became NaN or infinite; the last good checkpoint is left intact."""
+
+
+@dataclass
+class Run:
+    """A trained (or training) VAE with its data, config, metric rows and run folder."""
+
+    vae: VAE
+    data: Dataset
+    config: TrainConfig
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path | None = None
+    schedule: Schedule | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``, with a clear error when CUDA is asked for but absent."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PyrovaeError(f"--device {name} asked for, but no CUDA GPU is available: use --device cpu")
+    return torch.device(name)
+
+
+def prepare_data(config: TrainConfig, data: Dataset | None = None) -> Dataset:
+    """Load (unless given), cut to ``limit``, binarize held-out (and static train) data, check it."""
+    check_binarize_mode(config.binarize)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir)
+    if config.limit is not None:
+        data = data.subset(config.limit, config.limit)
+    if config.binarize != "none":
+        for what, x in (("training data", data.train_x), ("held-out data", data.test_x)):
+            if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+                raise PyrovaeError(f"{what} must lie in [0, 1] to be binarized: rescale it")
+        gen = torch.Generator().manual_seed(EVAL_SEED)
+        test_x = binarize(data.test_x.cpu(), gen).to(data.test_x.device)
+        train_x = data.train_x
+        if config.binarize == "static":
+            train_x = binarize(train_x.cpu(), torch.Generator().manual_seed(config.seed))
+        data = Dataset(data.name, train_x.to(data.train_x.device), test_x, data.train_y, data.test_y)
+    return data
+
+
+def build_vae(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
+    """The VAE a resolved config describes, for images of ``shape = (C, H, W)``."""
+    return VAE(shape, config.z_dim, config.hidden, config.net, config.likelihood, config.obs_scale)
+
+
+def train(
+    config: TrainConfig | dict[str, Any] | None = None,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    data: Dataset | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    **overrides: Any,
+) -> Run:
+    """Train a VAE and return the :class:`Run`; keyword ``overrides`` set config fields.
+
+    With ``run_dir``, writes ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` (each epoch) and
+    ``figures/``. ``resume=True`` continues the run in ``run_dir`` from its checkpoint up to
+    ``epochs`` (only ``epochs``, ``device`` and ``lr`` may be overridden then).
+    """
+    ckpt = None
+    if resume:
+        if run_dir is None:
+            raise PyrovaeError("resume needs the run folder: pass --resume RUN_DIR")
+        ckpt = runs.load_checkpoint(run_dir)
+        saved = dict(ckpt["config"])
+        bad = sorted(k for k, v in overrides.items() if k not in ("epochs", "device", "lr")
+                     and v is not None and v != saved.get(k))
+        if bad:
+            raise PyrovaeError(f"cannot change {bad} when resuming: only epochs, device and lr")
+        saved.update({k: v for k, v in overrides.items() if v is not None})
+        config = TrainConfig.from_dict(saved)
+    elif isinstance(config, dict):
+        config = TrainConfig.from_dict({**config, **overrides})
+    else:
+        config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
+    config = resolve(config)
+    device = resolve_device(config.device)
+
+    data = prepare_data(config, data).to(device)
+    pyro.set_rng_seed(config.seed)  # the network's initial weights depend on the seed alone
+    vae = build_vae(config, data.shape).to(device)
+    if config.binarize == "none":
+        vae.likelihood.check(data.train_x, "training data")
+        vae.likelihood.check(data.test_x, "held-out data")
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
+    if ckpt is not None:
+        vae.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr
+        schedule = from_dict(ckpt["schedule"])
+    else:
+        schedule = parse_schedule(config.kl_schedule, config.beta,
+                                  steps_per_epoch * config.epochs, steps_per_epoch)
+    if run_dir is not None:
+        run_dir = runs.make_run_dir(run_dir, config.dataset)
+        runs.write_config(run_dir, config.to_dict())
+        if ckpt is not None:
+            runs.truncate_metrics(run_dir, "epoch", ckpt["epoch"])
+        elif (run_dir / runs.METRICS).exists():
+            (run_dir / runs.METRICS).unlink()
+    run = Run(vae, data, config, runs.read_metrics(run_dir) if ckpt else [], run_dir, schedule)
+    with pyro.get_param_store().scope():  # no names leak into (or from) other models' params
+        fit(run, optimizer, ckpt, progress)
+    if figures and run_dir is not None:
+        from .report import save_run_figures
+
+        save_run_figures(run)
+    return run
+
+
+def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
+        progress: bool = True) -> None:
+    """Run the epochs of ``run`` from scratch or from checkpoint ``ckpt``; appends ``run.metrics``."""
+    from tqdm.auto import tqdm
+
+    vae, data, config, schedule = run.vae, run.data, run.config, run.schedule
+    elbo = make_elbo(config.estimator, config.particles)
+    device = data.train_x.device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed)
+    epoch, step = 0, 0
+    if ckpt is not None:
+        epoch, step = ckpt["epoch"], ckpt["step"]
+        gen.set_state(ckpt["rng"]["data"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    n, bs = len(data.train_x), config.batch_size
+    bar = tqdm(total=math.ceil(n / bs) * (config.epochs - epoch), disable=not progress,
+               desc="train", unit="step", mininterval=0.5)
+    try:
+        while epoch < config.epochs:
+            epoch += 1
+            vae.train()
+            x_all = binarize(data.train_x, gen) if config.binarize == "dynamic" else data.train_x
+            perm = torch.randperm(n, generator=gen, device=device)
+            total, t0 = 0.0, time.perf_counter()
+            with pyro.validation_enabled(False):  # data were checked once when loaded
+                for i in range(0, n, bs):
+                    x = x_all[perm[i:i + bs]]
+                    beta = schedule(step)
+                    loss = elbo.loss_and_grads(vae.model, vae.guide, x, beta=beta)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(_diverged_message(run, epoch, step, loss))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    total += loss
+                    step += 1
+                    bar.update()
+                    if step % 20 == 0:
+                        bar.set_postfix(epoch=epoch, loss=f"{loss / len(x):.2f}", refresh=False)
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch, "step": step, "seconds": seconds, "train_loss": total / n,
+                   "beta": schedule(step - 1), **_held_out(vae, data, config)}
+            row["eval_seconds"] = time.perf_counter() - t0 - seconds
+            run.metrics.append(row)
+            bar.set_postfix(epoch=epoch, test_elbo=f"{row['test_elbo']:.2f}")
+            if run.run_dir is not None:
+                runs.append_metrics(run.run_dir, row)
+                runs.save_checkpoint(run.run_dir / runs.CHECKPOINT,
+                                     checkpoint_payload(run, optimizer, epoch, step, gen))
+    finally:
+        bar.close()
+
+
+def _held_out(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, float]:
+    vae.eval()
+    terms = elbo_terms(vae, data.test_x, config.eval_batch_size)
+    return {"test_elbo": terms["elbo"], "test_recon": terms["recon"], "test_kl": terms["kl"],
+            "active_units": active_units(vae, data.test_x, batch_size=config.eval_batch_size)}
+
+
+def _diverged_message(run: Run, epoch: int, step: int, loss: float) -> str:
+    where = f"the last good checkpoint ({run.run_dir / runs.CHECKPOINT}, epoch {epoch - 1}) " \
+            "is intact" if run.run_dir is not None and epoch > 1 else "no checkpoint was written"
+    return (f"training stopped: the loss became {loss} at epoch {epoch}, step {step}; {where}. "
+            "Try a smaller --lr, or --likelihood bernoulli/continuous-bernoulli for [0, 1] data")
+
+
+def checkpoint_payload(run: Run, optimizer: torch.optim.Optimizer, epoch: int, step: int,
+                       gen: torch.Generator) -> dict[str, Any]:
+    """State dicts and plain data only: loads with ``torch.load(weights_only=True)``."""
+    rng = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    if gen.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(gen.device)
+    return {
+        "format": "pyrovae-checkpoint-1",
+        "epoch": epoch,
+        "step": step,
+        "config": run.config.to_dict(),
+        "vae": run.vae.spec,
+        "model": {k: v.detach().cpu() for k, v in run.vae.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "schedule": to_dict(run.schedule),
+        "rng": rng,
+    }
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu", data: bool = True) -> Run:
+    """Rebuild the trained :class:`Run` in ``run_dir`` (VAE from its checkpoint, data reloaded)."""
+    run_dir = Path(run_dir)
+    ckpt = runs.load_checkpoint(run_dir, map_location=device)
+    config = TrainConfig.from_dict(ckpt["config"])
+    config.device = device
+    vae = VAE.from_spec(ckpt["vae"])
+    vae.load_state_dict(ckpt["model"])
+    vae.to(resolve_device(device)).eval()
+    dataset = prepare_data(config).to(device) if data else None
+    return Run(vae, dataset, config, runs.read_metrics(run_dir), run_dir, from_dict(ckpt["schedule"]))
