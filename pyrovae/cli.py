@@ -1,4 +1,4 @@
-"""Command line: ``pyrovae {train,evaluate,sample,toy} ...`` (also ``python -m pyrovae``).
+"""Command line: ``pyrovae {train,evaluate,sample,sweep,toy} ...`` (also ``python -m pyrovae``).
 
 Every command is a thin layer over the Python API; errors a user can cause print one line
 ``pyrovae: error: ...`` and exit with status 2.
@@ -40,10 +40,28 @@ def _obs_scale(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'learned', got {text!r}") from None
 
 
+CONFIG_FIELDS = ["dataset", "data_dir", "binarize", "likelihood", "obs_scale", "net", "hidden",
+                 "z_dim", "estimator", "particles", "beta", "kl_schedule", "epochs", "batch_size",
+                 "lr", "seed", "device", "limit"]
+
+
+def _config_from(args) -> dict:
+    """The training options given on the command line (absent ones take the defaults)."""
+    return {f: getattr(args, f) for f in CONFIG_FIELDS if getattr(args, f, None) is not None}
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a VAE and write a run folder",
                        description="Train a VAE with SVI. Options left out take the data set's "
                        "defaults (see the README).")
+    _add_config_args(p)
+    p.add_argument("--out", help="run folder (default runs/<dataset>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _add_config_args(p, sweep: bool = False) -> None:
     p.add_argument("--dataset", default="mnist-5k",
                    help="mnist-5k (default, offline), digits, mnist, fashion-mnist, idx:PATH, "
                    "npy:PATH, npz:PATH")
@@ -58,29 +76,23 @@ def _add_train(sub) -> None:
     p.add_argument("--z-dim", type=int, help="latent dimensions")
     p.add_argument("--estimator", default=None, help="objective: trace (default), meanfield, ...")
     p.add_argument("--particles", type=int, default=None, help="samples per example per step")
-    p.add_argument("--beta", type=float, default=None, help="KL weight (default 1)")
-    p.add_argument("--kl-schedule", default=None,
-                   help="constant, linear[:steps=N|epochs=E], cyclical[:cycles=M,ratio=R], "
-                   "sigmoid[:steps=N|epochs=E,k=K]")
+    if not sweep:
+        p.add_argument("--beta", type=float, default=None, help="KL weight (default 1)")
+        p.add_argument("--kl-schedule", default=None,
+                       help="constant, linear[:steps=N|epochs=E], cyclical[:cycles=M,ratio=R], "
+                       "sigmoid[:steps=N|epochs=E,k=K]")
     p.add_argument("--epochs", type=int, help="total epochs (with --resume: train up to this)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
-    p.add_argument("--limit", type=int, help="use only the first N examples (smoke runs)")
-    p.add_argument("--out", help="run folder (default runs/<dataset>-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train)
+    p.add_argument("--limit", type=int, help="use only N examples, chosen at random (smoke runs)")
 
 
 def _train(args) -> int:
     from .training import train
 
-    fields = ["dataset", "data_dir", "binarize", "likelihood", "obs_scale", "net", "hidden",
-              "z_dim", "estimator", "particles", "beta", "kl_schedule", "epochs", "batch_size",
-              "lr", "seed", "device", "limit"]
-    given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    given = _config_from(args)
     if args.resume:
         given.pop("dataset", None)
         run = train(run_dir=args.resume, resume=True, progress=not args.no_progress, **given)
@@ -169,12 +181,48 @@ def _sample(args) -> int:
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.5,1,4, got {text!r}") from None
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="the rate-distortion experiment: several betas and schedules",
+                       description="Train the same VAE at several betas (constant schedule) and "
+                       "with each KL schedule; write one table and figures.")
+    _add_config_args(p, sweep=True)
+    p.add_argument("--betas", type=_floats, default=[0.25, 0.5, 1, 2, 4, 8],
+                   help="betas with a constant schedule (default 0.25,0.5,1,2,4,8)")
+    p.add_argument("--schedule", action="append", dest="schedules",
+                   help="an annealing schedule to run (repeat; default linear, cyclical, sigmoid)")
+    p.add_argument("--schedule-beta", type=float, default=1.0,
+                   help="the target beta of the annealed runs (default 1)")
+    p.add_argument("--out", required=True, help="sweep folder")
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args) -> int:
+    from .sweep import DEFAULT_SCHEDULES, sweep
+
+    if any(b < 0 for b in args.betas):
+        raise PyrovaeError(f"--betas must be >= 0, got {args.betas}")
+    schedules = args.schedules if args.schedules is not None else list(DEFAULT_SCHEDULES)
+    sweep(args.out, args.betas, schedules, args.schedule_beta, progress=False,
+          **_config_from(args))
+    print((Path(args.out) / "sweep.md").read_text(), end="")
+    print(f"table and figures in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyrovae", description="Variational auto-encoders as Pyro programs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_evaluate(sub)
     _add_sample(sub)
+    _add_sweep(sub)
     try:
         from .toy import cli as toy_cli
     except ImportError:  # pragma: no cover - the toy model ships with the package

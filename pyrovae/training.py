@@ -164,6 +164,7 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
         if device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
     n, bs = len(data.train_x), config.batch_size
+    beta = torch.ones((), device=device)
     bar = tqdm(total=math.ceil(n / bs) * (config.epochs - epoch), disable=not progress,
                desc="train", unit="step", mininterval=0.5)
     try:
@@ -176,8 +177,10 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
             with pyro.validation_enabled(False):  # data were checked once when loaded
                 for i in range(0, n, bs):
                     x = x_all[perm[i:i + bs]]
-                    beta = schedule(step)
-                    loss = elbo.loss_and_grads(vae.model, vae.guide, x, beta=beta)
+                    # beta lives in a tensor updated in place: a positional tensor argument
+                    # changes without recompiling a JIT-traced (or graph-captured) step
+                    beta.fill_(schedule(step))
+                    loss = elbo.loss_and_grads(vae.model, vae.guide, x, beta)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(_diverged_message(run, epoch, step, loss))
                     optimizer.step()
