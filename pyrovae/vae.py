@@ -68,6 +68,7 @@ class VAE(nn.Module):
         self.z_dim = int(z_dim)
         self.encoder, self.decoder = build_networks(net, self.shape, list(hidden), self.z_dim)
         self.likelihood = build_likelihood(likelihood, obs_scale)
+        self._likelihood_has_params = any(True for _ in self.likelihood.parameters())
         self.register_buffer("prior_loc", torch.zeros(self.z_dim))
         self.register_buffer("prior_scale", torch.ones(self.z_dim))
         self.spec = {
@@ -85,7 +86,7 @@ class VAE(nn.Module):
     def model(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
         """``z ~ N(0, I)``, ``x ~ p(x | decoder(z))``; ``x`` of shape ``(N, C, H, W)``."""
         pyro.module("decoder", self.decoder)
-        if any(True for _ in self.likelihood.parameters()):
+        if self._likelihood_has_params:
             pyro.module("likelihood", self.likelihood)
         with pyro.plate(PLATE, x.shape[0]):
             with kl_weight(beta):
