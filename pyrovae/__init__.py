@@ -10,7 +10,7 @@ The Python API is the one the CLI uses::
     images = pyrovae.sample(run.vae, 64, seed=0)
 """
 
-from . import plots
+from . import plots, runs, toy
 from .config import TrainConfig
 from .data import Dataset, binarize, load_dataset
 from .errors import PyrovaeError
@@ -18,6 +18,7 @@ from .evaluation import active_units, elbo_terms, evaluate, log_likelihood
 from .likelihoods import LIKELIHOODS, build_likelihood
 from .objectives import estimator_names, make_elbo
 from .schedules import parse_schedule
+from .sweep import sweep
 from .training import Run, TrainingDiverged, build_vae, load_run, train
 from .vae import VAE, encode, kl_weight, sample
 
@@ -27,5 +28,5 @@ __all__ = [
     "LIKELIHOODS", "VAE", "Dataset", "PyrovaeError", "Run", "TrainConfig", "TrainingDiverged",
     "active_units", "binarize", "build_likelihood", "build_vae", "elbo_terms", "encode",
     "estimator_names", "evaluate", "kl_weight", "load_dataset", "load_run", "log_likelihood",
-    "make_elbo", "parse_schedule", "plots", "sample", "train",
+    "make_elbo", "parse_schedule", "plots", "runs", "sample", "sweep", "toy", "train",
 ]

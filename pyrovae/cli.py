@@ -25,7 +25,8 @@ def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected sizes like 400 or 512,256, got {text!r}") from None
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"sizes must be whole numbers >= 1, got {text!r}")
     return sizes
@@ -40,7 +41,8 @@ def _obs_scale(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'learned', got {text!r}") from None
 
 
-CONFIG_FIELDS = ["dataset", "data_dir", "binarize", "likelihood", "obs_scale", "net", "hidden",
+CONFIG_FIELDS = ["dataset", "data_dir", "binarize", "likelihood", "obs_scale", "model", "noise",
+                 "net", "hidden",
                  "z_dim", "estimator", "particles", "beta", "kl_schedule", "epochs", "batch_size",
                  "lr", "seed", "device", "limit"]
 
@@ -68,9 +70,14 @@ def _add_config_args(p, sweep: bool = False) -> None:
     p.add_argument("--data-dir", help="folder holding the IDX files (searched first)")
     p.add_argument("--binarize", choices=["none", "static", "dynamic"],
                    help="binarize grey levels: none, static (one draw) or dynamic (every epoch)")
-    p.add_argument("--likelihood", help="bernoulli (default), continuous-bernoulli, gaussian, laplace")
+    p.add_argument("--likelihood",
+                   help="bernoulli (default), continuous-bernoulli, gaussian, laplace")
     p.add_argument("--obs-scale", type=_obs_scale,
                    help="gaussian/laplace pixel scale: a number, or 'learned' (default)")
+    p.add_argument("--model", choices=["vae", "ae", "dae"], default=None,
+                   help="vae (default), ae (deterministic auto-encoder), dae (denoising)")
+    p.add_argument("--noise", help="dae input corruption: gaussian:STD (default gaussian:0.3) "
+                   "or mask:PROB")
     p.add_argument("--net", help="mlp (default) or conv")
     p.add_argument("--hidden", type=_sizes, help="dense hidden sizes, e.g. 400 or 512,256")
     p.add_argument("--z-dim", type=int, help="latent dimensions")
@@ -101,7 +108,10 @@ def _train(args) -> int:
                     **given)
     last = run.metrics[-1] if run.metrics else {}
     print(f"run folder: {run.run_dir}")
-    if last:
+    if last and last["test_elbo"] is None:
+        print(f"epoch {last['epoch']}: train loss {last['train_loss']:.2f}, held-out "
+              f"reconstruction log-likelihood {last['test_recon']:.2f} nats")
+    elif last:
         print(f"epoch {last['epoch']}: train loss {last['train_loss']:.2f}, held-out ELBO "
               f"{last['test_elbo']:.2f} nats (recon {last['test_recon']:.2f}, KL "
               f"{last['test_kl']:.2f}), {last['active_units']} active units")
@@ -146,7 +156,7 @@ def _evaluate(args) -> int:
     print(f"{'quantity (nats per example)':<32} value")
     for key, label in [("elbo", "ELBO"), ("recon", "reconstruction E_q log p(x|z)"),
                        ("kl", "KL(q(z|x) || p(z))"), ("log_px", f"log p(x), IWAE K={args.iwae_k}")]:
-        if key in result:
+        if result.get(key) is not None:
             print(f"{label:<32} {result[key]:.3f}")
     print(f"{'active units':<32} {result['active_units']}")
     print(f"{result['n']} {args.split} images; written to {Path(args.run) / 'eval.json'}")

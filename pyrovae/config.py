@@ -18,6 +18,8 @@ class TrainConfig:
     binarize: str | None = None  # none | static | dynamic
     likelihood: str | None = None  # bernoulli | continuous-bernoulli | gaussian | laplace
     obs_scale: float | None = None  # fixed scale for gaussian/laplace; None learns it
+    model: str = "vae"  # vae | ae (deterministic auto-encoder) | dae (denoising)
+    noise: str | None = None  # dae input corruption: gaussian:STD | mask:PROB
     net: str | None = None  # mlp | conv
     hidden: list[int] | None = None  # dense hidden sizes, encoder order
     z_dim: int | None = None  # latent dimensions
@@ -77,7 +79,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
 def _check(c: TrainConfig) -> None:
     def positive_int(name: str, value: Any) -> None:
         if not isinstance(value, int) or value < 1:
-            raise PyrovaeError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value}")
+            flag = "--" + name.replace("_", "-")
+            raise PyrovaeError(f"{flag} must be a whole number >= 1, got {value}")
 
     for name in ("epochs", "batch_size", "z_dim", "particles", "eval_batch_size"):
         positive_int(name, getattr(c, name))

@@ -29,7 +29,9 @@ def _batches(n: int, size: int):
 def elbo_terms(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
     """Mean ELBO, reconstruction ``E_q[log p(x|z)]`` (one draw) and closed-form KL, per example.
 
-    ``x``: images ``(N, C, H, W)``. The KL is ``KL(q(z|x) || p(z))`` of the two Gaussians.
+    ``x``: images ``(N, C, H, W)``. The KL is ``KL(q(z|x) || p(z))`` of the two Gaussians. An
+    auto-encoder has no ELBO: its ``elbo`` and ``kl`` are ``None`` and ``recon`` is the
+    log-likelihood of ``x`` under the decoding of its point code.
     """
     recon = kl = 0.0
     with pyro.validation_enabled(False):
@@ -38,8 +40,12 @@ def elbo_terms(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str, f
             model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x[s])
             obs = model_tr.nodes[OBS]
             recon += obs["fn"].log_prob(obs["value"]).sum().item()
-            kl += kl_divergence(guide_tr.nodes[LATENT]["fn"], model_tr.nodes[LATENT]["fn"]).sum().item()
+            if not vae.point_code:
+                q, p = guide_tr.nodes[LATENT]["fn"], model_tr.nodes[LATENT]["fn"]
+                kl += kl_divergence(q, p).sum().item()
     n = len(x)
+    if vae.point_code:
+        return {"elbo": None, "recon": recon / n, "kl": None}
     return {"elbo": (recon - kl) / n, "recon": recon / n, "kl": kl / n}
 
 
@@ -78,8 +84,12 @@ def log_likelihood(vae: VAE, x: torch.Tensor, k: int = 1000, max_elements: int =
     a lower bound in expectation that tightens as ``k`` grows (``k = 1`` is the ELBO). Data and
     samples are processed in chunks of at most ``max_elements`` decoder outputs.
     """
+    if vae.point_code:
+        raise PyrovaeError("an auto-encoder (--model ae/dae) defines no likelihood p(x) to "
+                           "estimate: evaluate a --model vae run, or compare reconstructions")
     if not isinstance(k, int) or k < 1:
-        raise PyrovaeError(f"the number of importance samples K must be a whole number >= 1, got {k}")
+        raise PyrovaeError(
+            f"the number of importance samples K must be a whole number >= 1, got {k}")
     pixels = math.prod(vae.shape)
     per_example = max(1, max_elements // (pixels * k))  # examples per chunk with all k at once
     k_chunk = k if per_example > 1 else max(1, max_elements // pixels)
@@ -113,7 +123,7 @@ def evaluate(vae: VAE, x: torch.Tensor, iwae_k: int | None = None, batch_size: i
     pyro.set_rng_seed(seed)
     result = {"n": len(x), **elbo_terms(vae, x, batch_size)}
     result["active_units"] = active_units(vae, x, batch_size=batch_size)
-    if iwae_k:
+    if iwae_k and not vae.point_code:
         result["iwae_k"] = iwae_k
         result["log_px"] = log_likelihood(vae, x, iwae_k).mean().item()
     return result

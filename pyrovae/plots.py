@@ -65,7 +65,11 @@ def plot_losses(rows: Sequence[dict]) -> Figure:
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in rows]
     ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss (-ELBO)")
-    ax.plot(epochs, [-r["test_elbo"] for r in rows], marker="s", label="held-out -ELBO")
+    if all(r.get("test_elbo") is not None for r in rows):
+        ax.plot(epochs, [-r["test_elbo"] for r in rows], marker="s", label="held-out -ELBO")
+    else:  # an auto-encoder: its loss is the reconstruction term alone
+        ax.plot(epochs, [-r["test_recon"] for r in rows], marker="s",
+                label="held-out reconstruction loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per example")
     ax.grid(alpha=0.3)

@@ -48,12 +48,13 @@ class Run:
 def resolve_device(name: str) -> torch.device:
     """``torch.device(name)``, with a clear error when CUDA is asked for but absent."""
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PyrovaeError(f"--device {name} asked for, but no CUDA GPU is available: use --device cpu")
+        raise PyrovaeError(
+            f"--device {name} asked for, but no CUDA GPU is available: use --device cpu")
     return torch.device(name)
 
 
 def prepare_data(config: TrainConfig, data: Dataset | None = None) -> Dataset:
-    """Load (unless given), cut to ``limit``, binarize held-out (and static train) data, check it."""
+    """Load (unless given), cut to ``limit``, binarize held-out (and static train) data."""
     check_binarize_mode(config.binarize)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir)
@@ -68,13 +69,15 @@ def prepare_data(config: TrainConfig, data: Dataset | None = None) -> Dataset:
         train_x = data.train_x
         if config.binarize == "static":
             train_x = binarize(train_x.cpu(), torch.Generator().manual_seed(config.seed))
-        data = Dataset(data.name, train_x.to(data.train_x.device), test_x, data.train_y, data.test_y)
+        data = Dataset(data.name, train_x.to(data.train_x.device), test_x, data.train_y,
+                       data.test_y)
     return data
 
 
 def build_vae(config: TrainConfig, shape: tuple[int, ...]) -> VAE:
     """The VAE a resolved config describes, for images of ``shape = (C, H, W)``."""
-    return VAE(shape, config.z_dim, config.hidden, config.net, config.likelihood, config.obs_scale)
+    return VAE(shape, config.z_dim, config.hidden, config.net, config.likelihood, config.obs_scale,
+               config.model, config.noise)
 
 
 def train(
@@ -148,7 +151,7 @@ def train(
 
 def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
         progress: bool = True) -> None:
-    """Run the epochs of ``run`` from scratch or from checkpoint ``ckpt``; appends ``run.metrics``."""
+    """Run the epochs of ``run``, from scratch or from checkpoint ``ckpt``; fills ``run.metrics``."""
     from tqdm.auto import tqdm
 
     vae, data, config, schedule = run.vae, run.data, run.config, run.schedule
@@ -195,7 +198,7 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
                    "beta": schedule(step - 1), **_held_out(vae, data, config)}
             row["eval_seconds"] = time.perf_counter() - t0 - seconds
             run.metrics.append(row)
-            bar.set_postfix(epoch=epoch, test_elbo=f"{row['test_elbo']:.2f}")
+            bar.set_postfix(epoch=epoch, test_recon=f"{row['test_recon']:.2f}")
             if run.run_dir is not None:
                 runs.append_metrics(run.run_dir, row)
                 runs.save_checkpoint(run.run_dir / runs.CHECKPOINT,
@@ -247,4 +250,5 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", data: bool = True)
     vae.load_state_dict(ckpt["model"])
     vae.to(resolve_device(device)).eval()
     dataset = prepare_data(config).to(device) if data else None
-    return Run(vae, dataset, config, runs.read_metrics(run_dir), run_dir, from_dict(ckpt["schedule"]))
+    schedule = from_dict(ckpt["schedule"])
+    return Run(vae, dataset, config, runs.read_metrics(run_dir), run_dir, schedule)

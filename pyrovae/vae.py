@@ -19,6 +19,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .corruption import parse_noise
 from .errors import PyrovaeError
 from .likelihoods import build_likelihood
 from .nets import build_networks
@@ -46,12 +47,21 @@ def kl_weight(beta: float | torch.Tensor):
     return poutine.scale(scale=beta)
 
 
+MODELS = ("vae", "ae", "dae")
+
+
 class VAE(nn.Module):
     """A VAE over images of shape ``shape = (C, H, W)`` with a ``z_dim``-dimensional latent.
 
     ``net`` is ``"mlp"`` or ``"conv"``; ``hidden`` lists the dense hidden sizes (encoder order);
     ``likelihood`` names the observation model (see :mod:`pyrovae.likelihoods`) and ``obs_scale``
     its fixed scale (``None`` learns it, for ``gaussian`` and ``laplace``).
+
+    ``model="ae"`` makes it a deterministic auto-encoder in the same Pyro program: the guide's
+    latent is a point code ``Delta(mu(x))`` and the latent site is masked in model and guide (no
+    prior term), so the ELBO reduces to the reconstruction log-likelihood (cross-entropy, squared
+    or absolute error). ``model="dae"`` is the denoising variant: the guide encodes a corrupted
+    ``x~`` (``noise``, see :mod:`pyrovae.corruption`) while the model still observes the clean x.
     """
 
     def __init__(
@@ -62,8 +72,16 @@ class VAE(nn.Module):
         net: str = "mlp",
         likelihood: str = "bernoulli",
         obs_scale: float | None = None,
+        model: str = "vae",
+        noise: str | None = None,
     ):
         super().__init__()
+        if model not in MODELS:
+            raise PyrovaeError(f"unknown --model {model!r}: choose one of {', '.join(MODELS)}")
+        if noise is not None and model != "dae":
+            raise PyrovaeError(f"--noise applies to --model dae only, not {model}")
+        self.point_code = model in ("ae", "dae")
+        self.corruption = parse_noise(noise or "gaussian:0.3") if model == "dae" else None
         self.shape = tuple(int(s) for s in shape)
         self.z_dim = int(z_dim)
         self.encoder, self.decoder = build_networks(net, self.shape, list(hidden), self.z_dim)
@@ -73,7 +91,8 @@ class VAE(nn.Module):
         self.register_buffer("prior_scale", torch.ones(self.z_dim))
         self.spec = {
             "shape": list(self.shape), "z_dim": self.z_dim, "hidden": [int(h) for h in hidden],
-            "net": net, "likelihood": likelihood, "obs_scale": obs_scale,
+            "net": net, "likelihood": likelihood, "obs_scale": obs_scale, "model": model,
+            "noise": self.corruption.spec if self.corruption else None,
         }
 
     @classmethod
@@ -89,7 +108,7 @@ class VAE(nn.Module):
         if self._likelihood_has_params:
             pyro.module("likelihood", self.likelihood)
         with pyro.plate(PLATE, x.shape[0]):
-            with kl_weight(beta):
+            with self._latent_weight(beta):
                 prior = dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
                 z = pyro.sample(LATENT, prior)
             out = self.decoder(z)
@@ -99,16 +118,29 @@ class VAE(nn.Module):
         """``z ~ N(mu(x), sigma(x))`` from the encoder; ``x`` of shape ``(N, C, H, W)``."""
         pyro.module("encoder", self.encoder)
         with pyro.plate(PLATE, x.shape[0]):
+            if self.corruption is not None and self.training:
+                x = self.corruption(x)
             loc, scale = self.encoder(x)
-            with kl_weight(beta):
-                pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
+            with self._latent_weight(beta):
+                if self.point_code:
+                    pyro.sample(LATENT, dist.Delta(loc).to_event(1))
+                else:
+                    pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
+
+    def _latent_weight(self, beta):
+        # an auto-encoder has no prior term: its latent site is masked whatever beta is
+        return poutine.mask(mask=False) if self.point_code else kl_weight(beta)
 
     # ---- deterministic helpers for users -------------------------------------------------------
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior means and scales ``(N, z_dim)`` each, for images ``(N, C, H, W)``."""
-        return self.encoder(x)
+        """Posterior means and scales ``(N, z_dim)`` each, for images ``(N, C, H, W)``.
+
+        An auto-encoder's codes are points: its scales are zeros.
+        """
+        loc, scale = self.encoder(x)
+        return (loc, torch.zeros_like(loc)) if self.point_code else (loc, scale)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -136,7 +168,7 @@ def encode(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Ten
 
 
 def sample(vae: VAE, n: int = 64, seed: int | None = None) -> torch.Tensor:
-    """``n`` mean images ``(n, C, H, W)`` decoded from prior draws; ``seed`` makes them repeatable."""
+    """``n`` mean images ``(n, C, H, W)`` decoded from prior draws (repeatable with ``seed``)."""
     if n < 1:
         raise PyrovaeError(f"the number of samples must be >= 1, got {n}")
     vae.eval()
