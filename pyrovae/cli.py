@@ -1,4 +1,4 @@
-"""Command line: ``pyrovae {train,evaluate,sample,sweep,toy} ...`` (also ``python -m pyrovae``).
+"""Command line: ``pyrovae COMMAND ...`` (also ``python -m pyrovae``); ``pyrovae --help`` lists them.
 
 Every command is a thin layer over the Python API; errors a user can cause print one line
 ``pyrovae: error: ...`` and exit with status 2.
@@ -166,6 +166,9 @@ def _evaluate(args) -> int:
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="an image grid of samples from a trained run")
     p.add_argument("run", help="run folder")
+    p.add_argument("--sampler", default="prior",
+                   help="prior (z ~ N(0, I), default), aggregate (the aggregate posterior of the "
+                   "training set) or gmm (a Gaussian mixture fitted on the training codes)")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="PNG path (default RUN/figures/samples-<seed>.png)")
@@ -177,17 +180,97 @@ def _sample(args) -> int:
     import torch
 
     from . import plots
+    from .samplers import NEEDS_TRAINING_CODES, SAMPLERS, sample_codes
     from .training import load_run
+    from .vae import encode
 
+    if args.sampler not in SAMPLERS:
+        raise PyrovaeError(f"unknown --sampler {args.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if args.n < 1:
         raise PyrovaeError(f"--n must be >= 1, got {args.n}")
-    run = load_run(args.run, device=args.device, data=False)
-    images = run.vae.sample(args.n, torch.Generator().manual_seed(args.seed))
-    out = Path(args.out) if args.out else Path(args.run) / "figures" / f"samples-{args.seed}.png"
+    default = f"samples-{args.seed}.png" if args.sampler == "prior" else \
+        f"samples-{args.sampler}-{args.seed}.png"
+    out = Path(args.out) if args.out else Path(args.run) / "figures" / default
     if out.suffix.lower() != ".png":
         raise PyrovaeError(f"--out must end in .png, got {out}")
-    plots.save(plots.plot_images(images, f"{args.n} samples from the prior"), out)
+    needs_data = args.sampler in NEEDS_TRAINING_CODES
+    try:
+        run = load_run(args.run, device=args.device, data=needs_data)
+    except PyrovaeError as exc:
+        if not needs_data or "checkpoint" in str(exc):
+            raise
+        raise PyrovaeError(f"--sampler {args.sampler} needs the run's training data to build the "
+                           f"aggregate posterior, and it cannot be loaded ({exc}); use --sampler "
+                           "prior, or restore the data") from None
+    loc = scale = None
+    if needs_data:
+        loc, scale = encode(run.vae, run.data.train_x)
+    torch.manual_seed(args.seed)
+    codes = sample_codes(args.sampler, args.n, loc, scale, z_dim=run.vae.z_dim)
+    images = run.vae.decode(codes.to(run.vae.prior_loc.device))
+    plots.save(plots.plot_images(images, f"{args.n} samples, {args.sampler} sampler"), out)
     print(f"wrote {out}")
+    return 0
+
+
+def _add_views(sub) -> None:
+    p = sub.add_parser("views", help="latent-space views of a run: interpolations, traversals")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--pairs", type=int, default=4, help="held-out pairs to interpolate between")
+    p.add_argument("--steps", type=int, default=10, help="images per interpolation/traversal row")
+    p.add_argument("--mode", choices=["linear", "spherical"], default="linear")
+    p.add_argument("--index", type=int, default=0, help="held-out image whose code is traversed")
+    p.add_argument("--span", type=float, default=3.0, help="traversal range -span..span")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_views)
+
+
+def _views(args) -> int:
+    from . import plots
+    from .baselines import interpolation_grid
+    from .latent_views import traversal
+    from .training import load_run
+    from .vae import encode
+
+    if args.pairs < 1 or args.steps < 2:
+        raise PyrovaeError("--pairs must be >= 1 and --steps >= 2")
+    run = load_run(args.run, device=args.device)
+    x = run.data.test_x
+    if not 0 <= args.index < len(x) or 2 * args.pairs > len(x):
+        raise PyrovaeError(f"the held-out set has {len(x)} images: lower --index or --pairs")
+    folder = Path(args.run) / "figures"
+    grid = interpolation_grid(run.vae, x, args.pairs, args.steps, args.mode)
+    a = plots.save(plots.plot_images(grid, f"{args.mode} interpolations", nrow=args.steps),
+                   folder / f"interpolation-{args.mode}.png")
+    z = encode(run.vae, x[args.index:args.index + 1])[0][0]
+    codes = traversal(z, span=args.span, steps=args.steps)
+    b = plots.save(plots.plot_images(run.vae.decode(codes), "one latent dimension per row",
+                                     nrow=args.steps), folder / "traversal.png")
+    print(f"wrote {a} and {b}")
+    return 0
+
+
+def _add_baselines(sub) -> None:
+    p = sub.add_parser("baselines", help="AE, DAE and VAE with the same networks, every sampler",
+                       description="Train an auto-encoder, a denoising auto-encoder and a VAE with "
+                       "the same networks and score the images of each sampler.")
+    _add_config_args(p, sweep=True)
+    p.add_argument("--models", default="ae,dae,vae", help="comma-separated (default ae,dae,vae)")
+    p.add_argument("--samplers", default="prior,aggregate,gmm", help="comma-separated")
+    p.add_argument("--n-samples", type=int, default=1000, help="images per sampler for the scores")
+    p.add_argument("--out", required=True, help="experiment folder")
+    p.set_defaults(func=_baselines)
+
+
+def _baselines(args) -> int:
+    from .baselines import compare_models
+
+    config = _config_from(args)
+    config.pop("model", None)
+    models = [m for m in args.models.split(",") if m]
+    compare_models(args.out, models, [s for s in args.samplers.split(",") if s], args.n_samples,
+                   **config)
+    print((Path(args.out) / "baselines.md").read_text(), end="")
     return 0
 
 
@@ -233,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_sample(sub)
     _add_sweep(sub)
+    _add_views(sub)
+    _add_baselines(sub)
     try:
         from .toy import cli as toy_cli
     except ImportError:  # pragma: no cover - the toy model ships with the package
