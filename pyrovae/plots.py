@@ -92,9 +92,11 @@ def plot_latents(loc: torch.Tensor, labels: torch.Tensor | None = None) -> Figur
         codes = np.concatenate([codes, np.zeros_like(codes)], axis=1)
     fig = Figure(figsize=(5.5, 5))
     ax = fig.add_subplot()
-    c = None if labels is None else labels.cpu().numpy()
-    points = ax.scatter(codes[:, 0], codes[:, 1], c=c, cmap="tab10", s=5, alpha=0.7)
-    if labels is not None:
+    if labels is None:
+        ax.scatter(codes[:, 0], codes[:, 1], s=5, alpha=0.7)
+    else:
+        points = ax.scatter(codes[:, 0], codes[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=5,
+                            alpha=0.7)
         fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
