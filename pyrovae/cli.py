@@ -11,7 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import compare as compare_cmd
 from .errors import PyrovaeError
+from .toy import cli as toy_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -318,12 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_views(sub)
     _add_baselines(sub)
-    try:
-        from .toy import cli as toy_cli
-    except ImportError:  # pragma: no cover - the toy model ships with the package
-        toy_cli = None
-    if toy_cli is not None:
-        toy_cli.add_parser(sub)
+    compare_cmd.add_parsers(sub)
+    toy_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,494 @@
+"""Estimators compared: gradient noise at fixed parameters, and training under one budget.
+
+:func:`gradient_report` draws each estimator's gradient many times at the same parameters and
+reports, for encoder and decoder separately, the mean gradient's norm, the variance and the
+signal-to-noise ratio ``|E[g]| / std[g]`` (Rainforth et al., "Tighter variational bounds are not
+necessarily better", ICML 2018). :func:`compare` trains the same network from the same seed with
+each estimator under the same budget (epochs or training seconds), evaluates every run with the
+same importance-sampled ``log p(x)``, and writes one table and two figures: ``log p(x)`` against
+training time, and encoder/decoder SNR against K for IWAE and DReG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from matplotlib.figure import Figure
+
+from . import plots
+from .config import TrainConfig
+from .data import Dataset, binarize, load_dataset
+from .diagnostics import gradient_stats
+from .errors import PyrovaeError
+from .evaluation import elbo_terms, log_likelihood
+from .objectives import make_elbo
+from .training import Run, train
+from .vae import VAE
+
+DEFAULT_ESTIMATORS = ("trace", "score", "stl", "iwae:5", "dreg:5")
+DEFAULT_SNR_KS = (1, 3, 10, 30)
+GRADIENT_COLUMNS = ["estimator", "encoder_mean_norm", "encoder_variance", "encoder_snr",
+                    "decoder_mean_norm", "decoder_variance", "decoder_snr", "seconds_per_step"]
+COMPARE_COLUMNS = ["estimator", "run", "epochs", "test_elbo", "log_px", "iwae_k", "eval_n",
+                   "active_units", "seconds_per_epoch", "train_seconds", "encoder_snr",
+                   "decoder_snr"]
+SNR_COLUMNS = ["family", "k", "encoder_snr", "decoder_snr"]
+
+
+# ---- gradients at fixed parameters ---------------------------------------------------------------
+
+
+def param_groups(vae: VAE) -> dict[str, list[torch.Tensor]]:
+    """``{"encoder": q's network, "decoder": p's network and likelihood parameters}``."""
+    return {"encoder": list(vae.encoder.parameters()),
+            "decoder": list(vae.decoder.parameters()) + list(vae.likelihood.parameters())}
+
+
+def parse_estimators(text: str | Sequence[str]) -> list[str]:
+    """Estimator specs from ``"trace,iwae:5,renyi:0.5,10"`` (a number after a comma continues the
+    previous spec's arguments) or a list; each is checked with :func:`make_elbo`."""
+    if isinstance(text, str):
+        specs: list[str] = []
+        for part in (p.strip() for p in text.split(",")):
+            if specs and ":" in specs[-1] and re.fullmatch(r"[-+.\deE]+", part or "x"):
+                specs[-1] += f",{part}"
+            elif part:
+                specs.append(part)
+    else:
+        specs = [s.strip() for s in text]
+    if not specs:
+        raise PyrovaeError("no estimators given: write e.g. --estimators trace,score,iwae:5")
+    dupes = sorted({s for s in specs if specs.count(s) > 1})
+    if dupes:
+        raise PyrovaeError(f"estimators listed twice: {dupes}")
+    for spec in specs:
+        make_elbo(spec)  # raises a clear PyrovaeError for unknown or malformed specs
+    return specs
+
+
+def gradient_report(
+    vae: VAE,
+    x: torch.Tensor,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    draws: int = 100,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Each estimator's gradient of ``-bound`` drawn ``draws`` times at the current parameters.
+
+    ``x``: one batch of images ``(N, C, H, W)`` (binary for a Bernoulli likelihood). Every
+    estimator starts from the same seed. Parameters are left unchanged.
+
+    :returns: one row per estimator: ``encoder_``/``decoder_`` ``mean_norm`` (norm of the mean
+        gradient), ``variance`` (mean per-coordinate variance) and ``snr`` (mean per-coordinate
+        ``|E g| / std g``), and ``seconds_per_step`` (one ``loss_and_grads`` call). See
+        :func:`pyrovae.diagnostics.gradient_stats`.
+    """
+    specs = parse_estimators(estimators)
+    if not isinstance(draws, int) or draws < 2:
+        raise PyrovaeError(f"draws must be a whole number >= 2 to estimate a variance, got {draws}")
+    if len(x) == 0:
+        raise PyrovaeError("the gradient batch is empty")
+    groups = param_groups(vae)
+    rows = []
+    for spec in specs:
+        elbo = make_elbo(spec)
+        with pyro.get_param_store().scope(), pyro.validation_enabled(False):
+            stats = gradient_stats(elbo, vae.model, vae.guide, (x,), None, groups, draws, seed)
+        row: dict[str, Any] = {"estimator": spec}
+        for group in ("encoder", "decoder"):
+            for key in ("mean_norm", "variance", "snr"):
+                row[f"{group}_{key}"] = stats[group][key]
+        row["seconds_per_step"] = stats["seconds_per_draw"]
+        rows.append(row)
+    return rows
+
+
+def gradient_batch(run: Run, batch: int = 64, seed: int = 0) -> torch.Tensor:
+    """The first ``batch`` training images of a run, binarized as in training (seeded draw)."""
+    if not isinstance(batch, int) or batch < 1:
+        raise PyrovaeError(f"--batch must be a whole number >= 1, got {batch}")
+    x = run.data.train_x[:batch]
+    if run.config.binarize == "dynamic":
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        x = binarize(x, gen)
+    return x
+
+
+def snr_vs_k(
+    vae: VAE,
+    x: torch.Tensor,
+    ks: Sequence[int] = DEFAULT_SNR_KS,
+    families: Sequence[str] = ("iwae", "dreg"),
+    draws: int = 100,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Encoder and decoder SNR of ``family:K`` for each K, at the current parameters.
+
+    Theory (Rainforth et al. 2018; Tucker et al. 2019): for large K, IWAE's encoder SNR falls like
+    ``1/sqrt(K)`` and its decoder SNR rises like ``sqrt(K)``; DReG's encoder gradient has no such
+    decay (both share the decoder gradient).
+    """
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise PyrovaeError(f"K values must be whole numbers >= 1, got {list(ks)}")
+    specs = [f"{f}:{k}" for f in families for k in ks]
+    rows = gradient_report(vae, x, specs, draws, seed)
+    return [{"family": spec.split(":")[0], "k": int(spec.split(":")[1]),
+             "encoder_snr": r["encoder_snr"], "decoder_snr": r["decoder_snr"]}
+            for spec, r in zip(specs, rows, strict=True)]
+
+
+# ---- training under one budget -------------------------------------------------------------------
+
+
+def train_budget(
+    run_dir: str | os.PathLike,
+    data: Dataset | None = None,
+    epochs: int | None = None,
+    seconds: float | None = None,
+    on_epoch: Any = None,
+    **config: Any,
+) -> Run:
+    """Train one run for ``epochs`` epochs, or until its training time reaches ``seconds``.
+
+    The run always goes epoch by epoch through :func:`pyrovae.train` (``resume=True`` for each
+    next epoch, which continues exactly), so ``on_epoch(run)`` can measure it after every epoch.
+    With ``seconds`` the last epoch is the one during which the summed training time (evaluation
+    excluded) passed the budget: at least one epoch runs.
+    """
+    check_budget(epochs, seconds)
+    data = _load(data, config)
+    run = train(run_dir=run_dir, data=data, epochs=1, progress=False, figures=False, **config)
+    while True:
+        if on_epoch is not None:
+            on_epoch(run)
+        spent = sum(r["seconds"] for r in run.metrics)
+        done = len(run.metrics)
+        if (epochs is not None and done >= epochs) or (seconds is not None and spent >= seconds):
+            return run
+        run = train(run_dir=run_dir, data=data, resume=True, epochs=done + 1, progress=False,
+                    figures=False)
+
+
+def _load(data: Dataset | None, config: dict[str, Any]) -> Dataset:
+    """``data``, or the data set the training options name (loaded once, not binarized yet)."""
+    if data is not None:
+        return data
+    return load_dataset(config.get("dataset") or TrainConfig.dataset, config.get("data_dir"))
+
+
+def check_budget(epochs: int | None, seconds: float | None) -> None:
+    """Exactly one of a whole number of epochs >= 1 or a positive number of seconds."""
+    if (epochs is None) == (seconds is None):
+        raise PyrovaeError("give exactly one budget: --epochs N or --seconds S")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or epochs < 1):
+        raise PyrovaeError(f"--epochs must be a whole number >= 1, got {epochs}")
+    if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds)
+                                    and seconds > 0):
+        raise PyrovaeError(f"--seconds must be a positive number, got {seconds}")
+
+
+def run_name(spec: str) -> str:
+    """A folder name for an estimator spec: ``"iwae:5"`` -> ``"iwae-5"``."""
+    return spec.replace(":", "-").replace(",", "_")
+
+
+def compare(
+    out: str | os.PathLike,
+    estimators: Sequence[str] | str = DEFAULT_ESTIMATORS,
+    epochs: int | None = None,
+    seconds: float | None = None,
+    data: Dataset | None = None,
+    iwae_k: int = 1000,
+    eval_n: int | None = None,
+    curve_k: int = 100,
+    draws: int = 100,
+    grad_batch: int = 64,
+    snr_ks: Sequence[int] = DEFAULT_SNR_KS,
+    eval_seed: int = 0,
+    **config: Any,
+) -> list[dict[str, Any]]:
+    """Train one run per estimator under the same budget and seed; evaluate, tabulate, plot.
+
+    ``config`` holds the shared training options (dataset, net, hidden, z_dim, batch_size, lr,
+    seed...). Each run (``out/<estimator>``) is evaluated on the first ``eval_n`` held-out images
+    (all by default): held-out ELBO, active units (both from the run's last metrics row),
+    ``log p(x)`` with ``iwae_k`` importance samples, and ``log p(x)`` with ``curve_k`` samples
+    after every epoch (the time curve). ``encoder_snr``/``decoder_snr`` are the run's own
+    estimator's gradient SNRs at its final parameters (``draws`` draws on ``grad_batch`` training
+    images); the SNR-against-K figure is measured at the first run's final parameters.
+
+    Writes ``compare.csv``, ``compare.md``, ``curves.csv``, ``snr_vs_k.csv`` and
+    ``figures/{loglik_vs_time,snr_vs_k}.png`` under ``out``; returns the table rows.
+    """
+    specs = parse_estimators(estimators)
+    check_budget(epochs, seconds)
+    for name, value in (("--iwae-k", iwae_k), ("--curve-k", curve_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PyrovaeError(f"{name} must be a whole number >= 1, got {value}")
+    if eval_n is not None and (not isinstance(eval_n, int) or eval_n < 1):
+        raise PyrovaeError(f"--eval-n must be a whole number >= 1, got {eval_n}")
+    if "estimator" in config or "particles" in config:
+        raise PyrovaeError("set the estimators (with their K) through estimators=, not estimator=")
+    out = Path(out)
+    data = _load(data, config)  # once, for every run
+    rows, curves, first = [], {}, None
+    for spec in specs:
+        curve: list[dict[str, float]] = []
+
+        def measure(run: Run, curve: list = curve) -> None:
+            x = run.data.test_x[:eval_n]
+            pyro.set_rng_seed(eval_seed)
+            curve.append({"seconds": sum(r["seconds"] for r in run.metrics),
+                          "epoch": len(run.metrics),
+                          "log_px": log_likelihood(run.vae, x, curve_k).mean().item()})
+
+        run = train_budget(out / run_name(spec), data, epochs, seconds, measure,
+                           estimator=spec, **config)
+        first = run if first is None else first
+        curves[spec] = curve
+        x = run.data.test_x[:eval_n]
+        pyro.set_rng_seed(eval_seed)
+        log_px = log_likelihood(run.vae, x, iwae_k).mean().item()
+        grads = gradient_report(run.vae, gradient_batch(run, grad_batch, eval_seed), [spec],
+                                draws, eval_seed)[0]
+        last = run.metrics[-1]
+        train_seconds = sum(r["seconds"] for r in run.metrics)
+        rows.append({
+            "estimator": spec, "run": run_name(spec), "epochs": len(run.metrics),
+            "test_elbo": last["test_elbo"] if eval_n is None else elbo_at(run.vae, x, eval_seed),
+            "log_px": log_px, "iwae_k": iwae_k, "eval_n": len(x),
+            "active_units": last["active_units"],
+            "seconds_per_epoch": train_seconds / len(run.metrics), "train_seconds": train_seconds,
+            "encoder_snr": grads["encoder_snr"], "decoder_snr": grads["decoder_snr"],
+        })
+    snr_rows = snr_vs_k(first.vae, gradient_batch(first, grad_batch, eval_seed), snr_ks,
+                        draws=draws, seed=eval_seed)
+    write_compare(rows, curves, snr_rows, out)
+    figures = out / "figures"
+    plots.save(plot_loglik_vs_time(curves, rows), figures / "loglik_vs_time.png")
+    plots.save(plot_snr_vs_k(snr_rows), figures / "snr_vs_k.png")
+    return rows
+
+
+def elbo_at(vae: VAE, x: torch.Tensor, seed: int) -> float:
+    """Held-out ELBO (one draw per image, closed-form KL) on ``x``, seeded."""
+    pyro.set_rng_seed(seed)
+    return elbo_terms(vae, x)["elbo"]
+
+
+# ---- tables and figures --------------------------------------------------------------------------
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def gradient_markdown(rows: list[dict[str, Any]]) -> str:
+    """The gradient report as a Markdown table."""
+    lines = ["| estimator | encoder ‖E g‖ | encoder var | encoder SNR | decoder ‖E g‖ | "
+             "decoder var | decoder SNR | ms / step |", "| --- " * 8 + "|"]
+    for r in rows:
+        lines.append(f"| {r['estimator']} | {r['encoder_mean_norm']:.3g} | "
+                     f"{r['encoder_variance']:.3g} | {r['encoder_snr']:.3f} | "
+                     f"{r['decoder_mean_norm']:.3g} | {r['decoder_variance']:.3g} | "
+                     f"{r['decoder_snr']:.3f} | {1000 * r['seconds_per_step']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_gradients(rows: list[dict[str, Any]], out: str | os.PathLike) -> None:
+    """``gradients.csv`` and ``gradients.md`` in ``out``."""
+    out = Path(out)
+    _write_csv(out / "gradients.csv", GRADIENT_COLUMNS, rows)
+    (out / "gradients.md").write_text(gradient_markdown(rows))
+
+
+def compare_markdown(rows: list[dict[str, Any]]) -> str:
+    """The comparison as a Markdown table."""
+    k = rows[0]["iwae_k"] if rows else "K"
+    lines = [f"| estimator | epochs | held-out ELBO | log p(x), K={k} | active units | s / epoch "
+             "| encoder SNR | decoder SNR |", "| --- " * 8 + "|"]
+    for r in rows:
+        lines.append(f"| {r['estimator']} | {r['epochs']} | {r['test_elbo']:.2f} | "
+                     f"{r['log_px']:.2f} | {r['active_units']} | {r['seconds_per_epoch']:.2f} | "
+                     f"{r['encoder_snr']:.3f} | {r['decoder_snr']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, float]]],
+                  snr_rows: list[dict[str, Any]], out: Path) -> None:
+    """``compare.csv``, ``compare.md``, ``curves.csv`` and ``snr_vs_k.csv`` in ``out``."""
+    _write_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
+    (out / "compare.md").write_text(compare_markdown(rows))
+    flat = [{"estimator": spec, **point} for spec, points in curves.items() for point in points]
+    _write_csv(out / "curves.csv", ["estimator", "epoch", "seconds", "log_px"], flat)
+    _write_csv(out / "snr_vs_k.csv", SNR_COLUMNS, snr_rows)
+
+
+def plot_loglik_vs_time(curves: dict[str, list[dict[str, float]]],
+                        rows: list[dict[str, Any]] | None = None) -> Figure:
+    """Held-out ``log p(x)`` (curve K after each epoch) against cumulative training seconds;
+    a star marks each run's final estimate with the table's K. The axis spans the bulk of the
+    curves: a run that ends far below them (a diverging score-function run) is named, not drawn."""
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    values = sorted(p["log_px"] for points in curves.values() for p in points)
+    top = max(values + [r["log_px"] for r in rows or []], default=0.0)
+    bottom = top - 4 * max(top - values[len(values) // 2], 1.0) if values else -1.0
+    for i, (spec, points) in enumerate(curves.items()):
+        color, label = f"C{i}", spec
+        if points and points[-1]["log_px"] < bottom:
+            label = f"{spec} (off scale: {min(p['log_px'] for p in points):.0f})"
+        ax.plot([p["seconds"] for p in points], [p["log_px"] for p in points], marker=".",
+                color=color, label=label)
+        for r in rows or []:
+            if r["estimator"] == spec:
+                ax.scatter([r["train_seconds"]], [r["log_px"]], marker="*", s=80, color=color)
+    ax.set_ylim(bottom, top + 0.05 * (top - bottom))
+    ax.set_xlabel("training time (s, evaluation excluded)")
+    ax.set_ylabel("held-out log p(x) (nats)")
+    ax.set_title("importance-sampled log-likelihood along training (*: final, table K)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_snr_vs_k(rows: list[dict[str, Any]]) -> Figure:
+    """Encoder and decoder gradient SNR against K (log-log), one line per estimator family."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = {"encoder": fig.add_subplot(1, 2, 1), "decoder": fig.add_subplot(1, 2, 2)}
+    for family in dict.fromkeys(r["family"] for r in rows):
+        pts = sorted((r["k"], r) for r in rows if r["family"] == family)
+        for group, ax in axes.items():
+            ax.plot([k for k, _ in pts], [r[f"{group}_snr"] for _, r in pts], marker="o",
+                    label=family)
+    for group, ax in axes.items():
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("K (importance samples)")
+        ax.set_ylabel(f"{group} SNR, mean |E g| / std g")
+        ax.set_title(f"{group} ({'q' if group == 'encoder' else 'p'} network)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be whole numbers >= 1, got {text!r}")
+    return sizes
+
+
+def _obs_scale(text: str) -> float | None:
+    if text == "learned":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'learned', got {text!r}") from None
+
+
+# the options of `pyrovae train` that `compare` shares (estimator, epochs: its own meaning)
+_CONFIG_FIELDS = ["dataset", "data_dir", "binarize", "likelihood", "obs_scale", "net", "hidden",
+                  "z_dim", "batch_size", "lr", "seed", "device", "limit"]
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add the ``gradients`` and ``compare`` commands to the ``pyrovae`` sub-command parser."""
+    p = subparsers.add_parser(
+        "gradients", help="gradient mean, variance and SNR of each estimator at a run's parameters",
+        description="Draw each estimator's gradient many times at the trained parameters of RUN "
+        "and report encoder and decoder mean, variance and SNR |E g| / std g.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
+                   help=f"comma-separated specs (default {','.join(DEFAULT_ESTIMATORS)})")
+    p.add_argument("--draws", type=int, default=100, help="gradient draws per estimator (100)")
+    p.add_argument("--batch", type=int, default=64, help="training images in the batch (64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="folder for gradients.{csv,md} (default RUN)")
+    p.set_defaults(func=_gradients)
+
+    p = subparsers.add_parser(
+        "compare", help="train one network per estimator under one budget; table and figures",
+        description="Train the same VAE from the same seed with each estimator under the same "
+        "budget, evaluate each with the same importance-sampled log p(x), and write "
+        "compare.{csv,md} and figures.")
+    p.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
+                   help=f"comma-separated specs (default {','.join(DEFAULT_ESTIMATORS)})")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=int, help="epochs per estimator")
+    budget.add_argument("--seconds", type=float,
+                        help="training seconds per estimator (evaluation excluded; whole epochs)")
+    p.add_argument("--iwae-k", type=int, default=1000, help="importance samples K (default 1000)")
+    p.add_argument("--eval-n", type=int, help="evaluate on the first N held-out images (all)")
+    p.add_argument("--curve-k", type=int, default=100,
+                   help="K of the per-epoch log p(x) in the time figure (default 100)")
+    p.add_argument("--draws", type=int, default=100, help="gradient draws for the SNRs (100)")
+    p.add_argument("--grad-batch", type=int, default=64, help="images in the SNR batch (64)")
+    p.add_argument("--snr-k", type=_sizes, default=list(DEFAULT_SNR_KS),
+                   help="K values of the SNR-against-K figure (default 1,3,10,30)")
+    p.add_argument("--out", required=True, help="comparison folder")
+    p.add_argument("--dataset", default="mnist-5k",
+                   help="mnist-5k (default, offline), digits, mnist, fashion-mnist, idx:PATH, "
+                   "npy:PATH, npz:PATH")
+    p.add_argument("--data-dir", help="folder holding the IDX files (searched first)")
+    p.add_argument("--binarize", choices=["none", "static", "dynamic"],
+                   help="binarize grey levels: none, static (one draw) or dynamic (every epoch)")
+    p.add_argument("--likelihood", help="bernoulli (default), continuous-bernoulli, gaussian, laplace")
+    p.add_argument("--obs-scale", type=_obs_scale,
+                   help="gaussian/laplace pixel scale: a number, or 'learned' (default)")
+    p.add_argument("--net", help="mlp (default) or conv")
+    p.add_argument("--hidden", type=_sizes, help="dense hidden sizes, e.g. 400 or 512,256")
+    p.add_argument("--z-dim", type=int, help="latent dimensions")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+    p.add_argument("--limit", type=int, help="use only N examples, chosen at random (smoke runs)")
+    p.set_defaults(func=_compare)
+
+
+def _gradients(args: argparse.Namespace) -> int:
+    from .training import load_run
+
+    specs = parse_estimators(args.estimators)
+    run = load_run(args.run, device=args.device)
+    rows = gradient_report(run.vae, gradient_batch(run, args.batch, args.seed), specs,
+                           args.draws, args.seed)
+    out = Path(args.out) if args.out else Path(args.run)
+    write_gradients(rows, out)
+    print(gradient_markdown(rows), end="")
+    print(f"{args.draws} draws on {args.batch} training images; written to "
+          f"{out / 'gradients.csv'} and gradients.md")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    config = {f: getattr(args, f) for f in _CONFIG_FIELDS if getattr(args, f, None) is not None}
+    compare(args.out, args.estimators, epochs=args.epochs, seconds=args.seconds,
+            iwae_k=args.iwae_k, eval_n=args.eval_n, curve_k=args.curve_k, draws=args.draws,
+            grad_batch=args.grad_batch, snr_ks=args.snr_k, **config)
+    print((Path(args.out) / "compare.md").read_text(), end="")
+    print(f"table and figures in {args.out}")
+    return 0
