@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m pyrovae train --out runs/demo
+	$(PY) -m pyrovae train --out runs/demo --overwrite
 	$(PY) -m pyrovae evaluate runs/demo --iwae-k 1000
 	$(PY) -m pyrovae sample runs/demo --n 64 --seed 1
 

@@ -70,6 +70,7 @@ def compare_models(
     gen = torch.Generator().manual_seed(seed)
     for model in models:
         run = train(run_dir=out / model, data=data, model=model, seed=seed, progress=progress,
+                    overwrite=True,
                     **config)
         vae, test_x = run.vae.eval(), run.data.test_x
         recon_mse = ((vae.reconstruct(test_x) - test_x) ** 2).mean().item()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import compare as compare_cmd
 from .errors import PyrovaeError
+from .options import add_config_args, config_from
 from .toy import cli as toy_cli
 
 
@@ -23,91 +24,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected sizes like 400 or 512,256, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be whole numbers >= 1, got {text!r}")
-    return sizes
-
-
-def _obs_scale(text: str) -> float | None:
-    if text == "learned":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'learned', got {text!r}") from None
-
-
-CONFIG_FIELDS = ["dataset", "data_dir", "binarize", "likelihood", "obs_scale", "model", "noise",
-                 "net", "hidden",
-                 "z_dim", "estimator", "particles", "beta", "kl_schedule", "epochs", "batch_size",
-                 "lr", "seed", "device", "limit"]
-
-
-def _config_from(args) -> dict:
-    """The training options given on the command line (absent ones take the defaults)."""
-    return {f: getattr(args, f) for f in CONFIG_FIELDS if getattr(args, f, None) is not None}
-
-
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a VAE and write a run folder",
                        description="Train a VAE with SVI. Options left out take the data set's "
                        "defaults (see the README).")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--out", help="run folder (default runs/<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a trained run already in --out (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-
-
-def _add_config_args(p, sweep: bool = False) -> None:
-    p.add_argument("--dataset", default="mnist-5k",
-                   help="mnist-5k (default, offline), digits, mnist, fashion-mnist, idx:PATH, "
-                   "npy:PATH, npz:PATH")
-    p.add_argument("--data-dir", help="folder holding the IDX files (searched first)")
-    p.add_argument("--binarize", choices=["none", "static", "dynamic"],
-                   help="binarize grey levels: none, static (one draw) or dynamic (every epoch)")
-    p.add_argument("--likelihood",
-                   help="bernoulli (default), continuous-bernoulli, gaussian, laplace")
-    p.add_argument("--obs-scale", type=_obs_scale,
-                   help="gaussian/laplace pixel scale: a number, or 'learned' (default)")
-    p.add_argument("--model", choices=["vae", "ae", "dae"], default=None,
-                   help="vae (default), ae (deterministic auto-encoder), dae (denoising)")
-    p.add_argument("--noise", help="dae input corruption: gaussian:STD (default gaussian:0.3) "
-                   "or mask:PROB")
-    p.add_argument("--net", help="mlp (default) or conv")
-    p.add_argument("--hidden", type=_sizes, help="dense hidden sizes, e.g. 400 or 512,256")
-    p.add_argument("--z-dim", type=int, help="latent dimensions")
-    p.add_argument("--estimator", default=None, help="objective: trace (default), meanfield, ...")
-    p.add_argument("--particles", type=int, default=None, help="samples per example per step")
-    if not sweep:
-        p.add_argument("--beta", type=float, default=None, help="KL weight (default 1)")
-        p.add_argument("--kl-schedule", default=None,
-                       help="constant, linear[:steps=N|epochs=E], cyclical[:cycles=M,ratio=R], "
-                       "sigmoid[:steps=N|epochs=E,k=K]")
-    p.add_argument("--epochs", type=int, help="total epochs (with --resume: train up to this)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
-    p.add_argument("--limit", type=int, help="use only N examples, chosen at random (smoke runs)")
 
 
 def _train(args) -> int:
     from .training import train
 
-    given = _config_from(args)
+    given = config_from(args)
     if args.resume:
         given.pop("dataset", None)
         run = train(run_dir=args.resume, resume=True, progress=not args.no_progress, **given)
     else:
         run = train(run_dir=args.out or _default_out(args.dataset), progress=not args.no_progress,
-                    **given)
+                    overwrite=args.overwrite, **given)
     last = run.metrics[-1] if run.metrics else {}
     print(f"run folder: {run.run_dir}")
     if last and last["test_elbo"] is None:
@@ -140,12 +79,19 @@ def _add_evaluate(sub) -> None:
 
 
 def _evaluate(args) -> int:
+    import torch
+
+    from .data import binarize
     from .evaluation import evaluate
     from .runs import write_json
-    from .training import load_run
+    from .training import EVAL_SEED, load_run
 
     run = load_run(args.run, device=args.device)
-    x = run.data.test_x if args.split == "test" else run.data.train_x
+    x = run.data.test_x
+    if args.split == "train":
+        x = run.data.train_x
+        if run.config.binarize == "dynamic":  # grey levels: one fixed draw, like held-out data
+            x = binarize(x.cpu(), torch.Generator().manual_seed(EVAL_SEED)).to(x.device)
     if args.limit is not None:
         if args.limit < 1:
             raise PyrovaeError(f"--limit must be >= 1, got {args.limit}")
@@ -154,14 +100,16 @@ def _evaluate(args) -> int:
         raise PyrovaeError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate(run.vae, x, iwae_k=args.iwae_k, batch_size=args.batch_size, seed=args.seed)
     result["split"] = args.split
-    write_json(Path(args.run) / "eval.json", result)
+    name = "eval.json" if args.split == "test" and args.limit is None else \
+        f"eval-{args.split}{'' if args.limit is None else f'-{args.limit}'}.json"
+    write_json(Path(args.run) / name, result)
     print(f"{'quantity (nats per example)':<32} value")
     for key, label in [("elbo", "ELBO"), ("recon", "reconstruction E_q log p(x|z)"),
                        ("kl", "KL(q(z|x) || p(z))"), ("log_px", f"log p(x), IWAE K={args.iwae_k}")]:
         if result.get(key) is not None:
             print(f"{label:<32} {result[key]:.3f}")
     print(f"{'active units':<32} {result['active_units']}")
-    print(f"{result['n']} {args.split} images; written to {Path(args.run) / 'eval.json'}")
+    print(f"{result['n']} {args.split} images; written to {Path(args.run) / name}")
     return 0
 
 
@@ -256,7 +204,7 @@ def _add_baselines(sub) -> None:
     p = sub.add_parser("baselines", help="AE, DAE and VAE with the same networks, every sampler",
                        description="Train an auto-encoder, a denoising auto-encoder and a VAE with "
                        "the same networks and score the images of each sampler.")
-    _add_config_args(p, sweep=True)
+    add_config_args(p, exclude={"beta", "kl_schedule", "model", "noise"})
     p.add_argument("--models", default="ae,dae,vae", help="comma-separated (default ae,dae,vae)")
     p.add_argument("--samplers", default="prior,aggregate,gmm", help="comma-separated")
     p.add_argument("--n-samples", type=int, default=1000, help="images per sampler for the scores")
@@ -267,8 +215,7 @@ def _add_baselines(sub) -> None:
 def _baselines(args) -> int:
     from .baselines import compare_models
 
-    config = _config_from(args)
-    config.pop("model", None)
+    config = config_from(args)
     models = [m for m in args.models.split(",") if m]
     compare_models(args.out, models, [s for s in args.samplers.split(",") if s], args.n_samples,
                    **config)
@@ -287,7 +234,7 @@ def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="the rate-distortion experiment: several betas and schedules",
                        description="Train the same VAE at several betas (constant schedule) and "
                        "with each KL schedule; write one table and figures.")
-    _add_config_args(p, sweep=True)
+    add_config_args(p, exclude={"beta", "kl_schedule", "model", "noise"})
     p.add_argument("--betas", type=_floats, default=[0.25, 0.5, 1, 2, 4, 8],
                    help="betas with a constant schedule (default 0.25,0.5,1,2,4,8)")
     p.add_argument("--schedule", action="append", dest="schedules",
@@ -305,7 +252,7 @@ def _sweep(args) -> int:
         raise PyrovaeError(f"--betas must be >= 0, got {args.betas}")
     schedules = args.schedules if args.schedules is not None else list(DEFAULT_SCHEDULES)
     sweep(args.out, args.betas, schedules, args.schedule_beta, progress=False,
-          **_config_from(args))
+          **config_from(args))
     print((Path(args.out) / "sweep.md").read_text(), end="")
     print(f"table and figures in {args.out}")
     return 0

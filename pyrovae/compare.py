@@ -31,6 +31,7 @@ from .diagnostics import gradient_stats
 from .errors import PyrovaeError
 from .evaluation import elbo_terms, log_likelihood
 from .objectives import make_elbo
+from .options import add_config_args, config_from, sizes
 from .training import Run, train
 from .vae import VAE
 
@@ -166,7 +167,8 @@ def train_budget(
     """
     check_budget(epochs, seconds)
     data = _load(data, config)
-    run = train(run_dir=run_dir, data=data, epochs=1, progress=False, figures=False, **config)
+    run = train(run_dir=run_dir, data=data, epochs=1, progress=False, figures=False,
+                overwrite=True, **config)
     while True:
         if on_epoch is not None:
             on_epoch(run)
@@ -389,28 +391,8 @@ def plot_snr_vs_k(rows: list[dict[str, Any]]) -> Figure:
 # ---- command line --------------------------------------------------------------------------------
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be whole numbers >= 1, got {text!r}")
-    return sizes
-
-
-def _obs_scale(text: str) -> float | None:
-    if text == "learned":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'learned', got {text!r}") from None
-
-
-# the options of `pyrovae train` that `compare` shares (estimator, epochs: its own meaning)
-_CONFIG_FIELDS = ["dataset", "data_dir", "binarize", "likelihood", "obs_scale", "net", "hidden",
-                  "z_dim", "batch_size", "lr", "seed", "device", "limit"]
+# training options `compare` sets itself (the estimators, the budget) or does not offer
+_NOT_COMPARE_OPTIONS = {"model", "noise", "estimator", "particles", "beta", "kl_schedule", "epochs"}
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -446,26 +428,10 @@ def add_parsers(subparsers: Any) -> None:
                    help="K of the per-epoch log p(x) in the time figure (default 100)")
     p.add_argument("--draws", type=int, default=100, help="gradient draws for the SNRs (100)")
     p.add_argument("--grad-batch", type=int, default=64, help="images in the SNR batch (64)")
-    p.add_argument("--snr-k", type=_sizes, default=list(DEFAULT_SNR_KS),
+    p.add_argument("--snr-k", type=sizes, default=list(DEFAULT_SNR_KS),
                    help="K values of the SNR-against-K figure (default 1,3,10,30)")
     p.add_argument("--out", required=True, help="comparison folder")
-    p.add_argument("--dataset", default="mnist-5k",
-                   help="mnist-5k (default, offline), digits, mnist, fashion-mnist, idx:PATH, "
-                   "npy:PATH, npz:PATH")
-    p.add_argument("--data-dir", help="folder holding the IDX files (searched first)")
-    p.add_argument("--binarize", choices=["none", "static", "dynamic"],
-                   help="binarize grey levels: none, static (one draw) or dynamic (every epoch)")
-    p.add_argument("--likelihood", help="bernoulli (default), continuous-bernoulli, gaussian, laplace")
-    p.add_argument("--obs-scale", type=_obs_scale,
-                   help="gaussian/laplace pixel scale: a number, or 'learned' (default)")
-    p.add_argument("--net", help="mlp (default) or conv")
-    p.add_argument("--hidden", type=_sizes, help="dense hidden sizes, e.g. 400 or 512,256")
-    p.add_argument("--z-dim", type=int, help="latent dimensions")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
-    p.add_argument("--limit", type=int, help="use only N examples, chosen at random (smoke runs)")
+    add_config_args(p, exclude=_NOT_COMPARE_OPTIONS)
     p.set_defaults(func=_compare)
 
 
@@ -485,7 +451,7 @@ def _gradients(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    config = {f: getattr(args, f) for f in _CONFIG_FIELDS if getattr(args, f, None) is not None}
+    config = config_from(args, exclude=_NOT_COMPARE_OPTIONS)
     compare(args.out, args.estimators, epochs=args.epochs, seconds=args.seconds,
             iwae_k=args.iwae_k, eval_n=args.eval_n, curve_k=args.curve_k, draws=args.draws,
             grad_batch=args.grad_batch, snr_ks=args.snr_k, **config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -33,7 +34,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     eval_batch_size: int = 1000  # held-out ELBO batches (memory only, not results)
-    limit: int | None = None  # use only the first `limit` training examples (smoke runs)
+    limit: int | None = None  # use only `limit` random training and held-out examples (smoke runs)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,9 +89,11 @@ def _check(c: TrainConfig) -> None:
         positive_int("limit", c.limit)
     if not c.hidden or any(not isinstance(h, int) or h < 1 for h in c.hidden):
         raise PyrovaeError(f"--hidden must be sizes >= 1 such as 400 or 512,256, got {c.hidden}")
+    if not isinstance(c.seed, int) or not 0 <= c.seed < 2**32:
+        raise PyrovaeError(f"--seed must be a whole number in [0, 2**32), got {c.seed}")
     if not (isinstance(c.lr, (int, float)) and math.isfinite(c.lr) and c.lr > 0):
         raise PyrovaeError(f"--lr must be a positive number, got {c.lr}")
     if not (math.isfinite(c.beta) and c.beta >= 0):
         raise PyrovaeError(f"--beta must be a finite number >= 0, got {c.beta}")
-    if c.device not in ("cpu", "cuda") and not c.device.startswith("cuda:"):
+    if c.device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", c.device):
         raise PyrovaeError(f"--device must be cpu, cuda or cuda:N, got {c.device!r}")

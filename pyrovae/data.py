@@ -146,9 +146,9 @@ def _check_images(name: str, x: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1] with shape ``(N, C, H, W)``; clear errors otherwise."""
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[0] == 0 or x.shape[1] > 4:
+    if x.dim() != 4 or x.numel() == 0 or x.shape[1] > 4:
         raise PyrovaeError(
-            f"{name}: images must have shape (N, H, W) or (N, C, H, W) with C <= 4 and N > 0, "
+            f"{name}: images must have shape (N, H, W) or (N, C, H, W) with C <= 4, no size 0, "
             f"got {tuple(x.shape)}"
         )
     if not torch.isfinite(x).all():

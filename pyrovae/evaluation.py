@@ -119,6 +119,8 @@ def evaluate(vae: VAE, x: torch.Tensor, iwae_k: int | None = None, batch_size: i
     """
     if len(x) == 0:
         raise PyrovaeError("cannot evaluate on an empty set of images")
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise PyrovaeError(f"--seed must be a whole number in [0, 2**32), got {seed}")
     vae.eval()
     pyro.set_rng_seed(seed)
     result = {"n": len(x), **elbo_terms(vae, x, batch_size)}

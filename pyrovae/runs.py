@@ -72,7 +72,16 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # a write cut short by a kill: the epoch it described is lost
+                break
+            raise PyrovaeError(f"{path}, line {i + 1}, is not JSON: repair or delete it") from None
+    return rows
 
 
 def truncate_metrics(run_dir: str | os.PathLike, key: str, last: int) -> None:
@@ -103,6 +112,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise PyrovaeError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+            f"cannot read checkpoint {path} ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or ['empty or truncated file'])[0]}): "
             "it is corrupt or not a pyrovae checkpoint"
         ) from None

@@ -73,7 +73,8 @@ class Sigmoid:
     def __call__(self, step: int) -> float:
         if step >= self.steps:
             return self.beta
-        s = lambda t: 1.0 / (1.0 + math.exp(-self.k * (t - 0.5)))  # noqa: E731
+        # the logistic function written with tanh, which cannot overflow for large k
+        s = lambda t: 0.5 * (1.0 + math.tanh(0.5 * self.k * (t - 0.5)))  # noqa: E731
         lo, hi = s(0.0), s(1.0)
         return self.beta * (s(step / self.steps) - lo) / (hi - lo)
 
@@ -119,6 +120,8 @@ def parse_schedule(
             opts[key] = float(value)
         except ValueError:
             raise PyrovaeError(f"option {key} in KL schedule {spec!r} must be a number") from None
+        if not math.isfinite(opts[key]):
+            raise PyrovaeError(f"option {key} in KL schedule {spec!r} must be finite")
     total_steps = max(1, int(total_steps))
     if name == "constant":
         return Constant(beta)

@@ -48,7 +48,7 @@ def sweep(
     plan += [(f"schedule-{s.split(':')[0]}", schedule_beta, s) for s in schedules]
     rows, curves = [], {}
     for name, beta, schedule in plan:
-        run = train(run_dir=out / name, data=data, beta=beta, kl_schedule=schedule,
+        run = train(run_dir=out / name, data=data, beta=beta, kl_schedule=schedule, overwrite=True,
                     progress=progress, figures=False, **config)
         data = run.data if data is None else data  # load once, reuse for every run
         last = run.metrics[-1]

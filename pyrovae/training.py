@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,10 @@ from .schedules import Schedule, from_dict, parse_schedule, to_dict
 from .vae import VAE
 
 EVAL_SEED = 1234  # fixed draw for binarizing held-out data, so runs compare on the same images
+
+
+RESUMABLE = ("epochs", "device", "lr", "data_dir")  # what a resumed run may change
+CHECKPOINT_FORMAT = "pyrovae-checkpoint-1"
 
 
 class TrainingDiverged(PyrovaeError):
@@ -47,9 +53,13 @@ class Run:
 
 def resolve_device(name: str) -> torch.device:
     """``torch.device(name)``, with a clear error when CUDA is asked for but absent."""
+    if name != "cpu" and not (name == "cuda" or re.fullmatch(r"cuda:\d+", name)):
+        raise PyrovaeError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PyrovaeError(
             f"--device {name} asked for, but no CUDA GPU is available: use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise PyrovaeError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return torch.device(name)
 
 
@@ -86,6 +96,7 @@ def train(
     run_dir: str | os.PathLike | None = None,
     data: Dataset | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     figures: bool = True,
     **overrides: Any,
@@ -94,24 +105,32 @@ def train(
 
     With ``run_dir``, writes ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` (each epoch) and
     ``figures/``. ``resume=True`` continues the run in ``run_dir`` from its checkpoint up to
-    ``epochs`` (only ``epochs``, ``device`` and ``lr`` may be overridden then).
+    ``epochs`` (only ``epochs``, ``device``, ``lr`` and ``data_dir`` may be overridden then). A
+    folder that already holds a checkpoint is only reused with ``resume`` or ``overwrite=True``.
+    With ``data`` and no ``dataset``, the data set's name is recorded as the run's ``dataset``.
     """
     ckpt = None
     if resume:
         if run_dir is None:
             raise PyrovaeError("resume needs the run folder: pass --resume RUN_DIR")
-        ckpt = runs.load_checkpoint(run_dir)
+        ckpt = _load_training_checkpoint(run_dir)
         saved = dict(ckpt["config"])
-        bad = sorted(k for k, v in overrides.items() if k not in ("epochs", "device", "lr")
+        bad = sorted(k for k, v in overrides.items() if k not in RESUMABLE
                      and v is not None and v != saved.get(k))
         if bad:
-            raise PyrovaeError(f"cannot change {bad} when resuming: only epochs, device and lr")
+            raise PyrovaeError(f"cannot change {bad} when resuming: only {', '.join(RESUMABLE)}")
         saved.update({k: v for k, v in overrides.items() if v is not None})
         config = TrainConfig.from_dict(saved)
-    elif isinstance(config, dict):
-        config = TrainConfig.from_dict({**config, **overrides})
     else:
-        config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
+        if run_dir is not None and not overwrite and (Path(run_dir) / runs.CHECKPOINT).exists():
+            raise PyrovaeError(f"{run_dir} already holds a trained run: resume it with --resume "
+                               f"{run_dir}, pass --overwrite to replace it, or choose another --out")
+        given = dict(config) if isinstance(config, dict) else {}
+        if data is not None and "dataset" not in given and "dataset" not in overrides \
+                and not isinstance(config, TrainConfig):
+            overrides["dataset"] = data.name  # record what was trained on, not the default
+        base = config.to_dict() if isinstance(config, TrainConfig) else TrainConfig().to_dict()
+        config = TrainConfig.from_dict({**base, **given, **overrides})
     config = resolve(config)
     device = resolve_device(config.device)
 
@@ -137,8 +156,9 @@ def train(
         runs.write_config(run_dir, config.to_dict())
         if ckpt is not None:
             runs.truncate_metrics(run_dir, "epoch", ckpt["epoch"])
-        elif (run_dir / runs.METRICS).exists():
-            (run_dir / runs.METRICS).unlink()
+        else:  # a fresh run (overwrite): nothing of an earlier run may stay beside the new config
+            for name in (runs.METRICS, runs.CHECKPOINT):
+                (run_dir / name).unlink(missing_ok=True)
     run = Run(vae, data, config, runs.read_metrics(run_dir) if ckpt else [], run_dir, schedule)
     with pyro.get_param_store().scope():  # no names leak into (or from) other models' params
         fit(run, optimizer, ckpt, progress)
@@ -162,10 +182,17 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
     epoch, step = 0, 0
     if ckpt is not None:
         epoch, step = ckpt["epoch"], ckpt["step"]
-        gen.set_state(ckpt["rng"]["data"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        if ckpt["rng"].get("device", "cpu") == device.type:
+            gen.set_state(ckpt["rng"]["data"])
+            if device.type == "cuda" and "cuda" in ckpt["rng"]:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        else:  # generator states do not carry across device types: a new, seeded stream
+            gen.manual_seed(config.seed + epoch)
+            warnings.warn(f"resuming on {device.type} a run trained on {ckpt['rng'].get('device')}: "
+                          "the data order and binarization draws continue from a new seeded "
+                          "stream, so the run is not bit-for-bit what it would have been",
+                          stacklevel=2)
     n, bs = len(data.train_x), config.batch_size
     beta = torch.ones((), device=device)
     bar = tqdm(total=math.ceil(n / bs) * (config.epochs - epoch), disable=not progress,
@@ -194,6 +221,9 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
                     if step % 20 == 0:
                         bar.set_postfix(epoch=epoch, loss=f"{loss / len(x):.2f}", refresh=False)
             seconds = time.perf_counter() - t0
+            if not all(torch.isfinite(p).all() for p in vae.parameters()):
+                raise TrainingDiverged(_diverged_message(run, epoch, step, "finite, but the "
+                                                         "parameters became nan or inf"))
             row = {"epoch": epoch, "step": step, "seconds": seconds, "train_loss": total / n,
                    "beta": schedule(step - 1), **_held_out(vae, data, config)}
             row["eval_seconds"] = time.perf_counter() - t0 - seconds
@@ -224,26 +254,47 @@ def _diverged_message(run: Run, epoch: int, step: int, loss: float) -> str:
 def checkpoint_payload(run: Run, optimizer: torch.optim.Optimizer, epoch: int, step: int,
                        gen: torch.Generator) -> dict[str, Any]:
     """State dicts and plain data only: loads with ``torch.load(weights_only=True)``."""
-    rng = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    rng = {"torch": torch.get_rng_state(), "data": gen.get_state(), "device": gen.device.type}
     if gen.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(gen.device)
     return {
-        "format": "pyrovae-checkpoint-1",
+        "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
         "step": step,
         "config": run.config.to_dict(),
         "vae": run.vae.spec,
         "model": {k: v.detach().cpu() for k, v in run.vae.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
+        "optimizer": _to_cpu(optimizer.state_dict()),
         "schedule": to_dict(run.schedule),
         "rng": rng,
     }
 
 
+def _to_cpu(obj: Any) -> Any:
+    """The same nested structure with every tensor on the CPU (checkpoints open anywhere)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _load_training_checkpoint(run_dir: str | os.PathLike, device: str = "cpu") -> dict:
+    ckpt = runs.load_checkpoint(run_dir, map_location=device)
+    needed = {"format", "epoch", "step", "config", "vae", "model", "optimizer", "schedule", "rng"}
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or needed - set(ckpt):
+        raise PyrovaeError(f"{run_dir} holds a checkpoint that pyrovae's training did not write "
+                           f"(expected format {CHECKPOINT_FORMAT}): pass a pyrovae run folder")
+    return ckpt
+
+
 def load_run(run_dir: str | os.PathLike, device: str = "cpu", data: bool = True) -> Run:
     """Rebuild the trained :class:`Run` in ``run_dir`` (VAE from its checkpoint, data reloaded)."""
     run_dir = Path(run_dir)
-    ckpt = runs.load_checkpoint(run_dir, map_location=device)
+    resolve_device(device)
+    ckpt = _load_training_checkpoint(run_dir, device)
     config = TrainConfig.from_dict(ckpt["config"])
     config.device = device
     vae = VAE.from_spec(ckpt["vae"])

@@ -62,3 +62,20 @@ def test_sweep_writes_table_and_figures_from_its_runs(tmp_path, grey_digits):
     for fig in ("rate_distortion", "active_units", "kl_curves"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000
     assert "| beta-4 | 4 | constant |" in (tmp_path / "sweep.md").read_text()
+
+
+def test_jit_estimator_follows_a_schedule_without_recompiling(monkeypatch, grey_digits):
+    import pyrovae.training as training
+
+    built = []
+    real = training.make_elbo
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(training, "make_elbo", spy)
+    run = train(data=grey_digits.subset(200, 40), estimator="jit", kl_schedule="linear",
+                progress=False, **{**GREY, "epochs": 2})
+    assert run.metrics[0]["beta"] < 1.0 == run.metrics[1]["beta"]  # beta changed every step
+    assert len(built[0]._loss_and_surrogate_loss.compiled) == 1
