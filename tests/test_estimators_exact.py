@@ -6,7 +6,6 @@ resolves, so that a wrong estimator would fail.
 """
 
 import math
-import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -29,17 +28,7 @@ ALL_SPECS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _isolated():
-    # Tiny tensors: one thread is ~10x faster than two on shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.trace.*")
-        yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 def _flat(tensors):

@@ -1,7 +1,6 @@
 """The estimator registry: spec parsing, clear errors, and every entry on a small VAE."""
 
 import math
-import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -27,16 +26,7 @@ SMOKE_SPECS = [
 NEEDS_REPARAM = ["meanfield", "stl", "iwae:3", "renyi:0.5,3", "dreg:3", "tail-adaptive:3"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.trace.*")
-        yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 # --------------------------------------------------------------------------- a small VAE
