@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyrovae
-from pyrovae.evaluation import _MAX_ELEMENTS
+from pyrovae.evaluation import MAX_ELEMENTS
 
 
 class HandVAE(nn.Module):
@@ -71,7 +71,7 @@ class HandVAE(nn.Module):
         return total / len(x)
 
     @torch.no_grad()
-    def log_likelihood(self, x, k, max_elements=_MAX_ELEMENTS):
+    def log_likelihood(self, x, k, max_elements=MAX_ELEMENTS):
         """Vectorized importance sampling, chunked like pyrovae's, ``(N,)``."""
         per = max(1, max_elements // (784 * k))
         out = torch.empty(len(x), device=x.device)

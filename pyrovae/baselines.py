@@ -7,7 +7,6 @@ real held-out images. Figures: a sample grid per (model, sampler) and interpolat
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from .data import Dataset, load_dataset
 from .errors import PyrovaeError
 from .latent_views import interpolate
 from .quality import CLASSIFIER, cached_classifier, sample_quality
+from .runs import write_csv
 from .samplers import SAMPLERS, sample_codes
 from .training import train
 from .vae import VAE, encode
@@ -96,11 +96,7 @@ def _quality(clf, images: torch.Tensor, train_x: torch.Tensor) -> dict[str, floa
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> None:
     """``baselines.csv`` and ``baselines.md``."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "baselines.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "baselines.csv", COLUMNS, rows)
     fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
     lines = ["| model | sampler | held-out recon MSE | held-out recon log-lik | confidence "
              "| class entropy | IS-like score | NN distance |",

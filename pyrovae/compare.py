@@ -12,7 +12,6 @@ training time, and encoder/decoder SNR against K for IWAE and DReG.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import re
@@ -32,6 +31,7 @@ from .errors import PyrovaeError
 from .evaluation import elbo_terms, log_likelihood
 from .objectives import make_elbo
 from .options import add_config_args, config_from, sizes
+from .runs import write_csv
 from .training import Run, train
 from .vae import VAE
 
@@ -291,14 +291,6 @@ def elbo_at(vae: VAE, x: torch.Tensor, seed: int) -> float:
 # ---- tables and figures --------------------------------------------------------------------------
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def gradient_markdown(rows: list[dict[str, Any]]) -> str:
     """The gradient report as a Markdown table."""
     lines = ["| estimator | encoder ‖E g‖ | encoder var | encoder SNR | decoder ‖E g‖ | "
@@ -314,7 +306,7 @@ def gradient_markdown(rows: list[dict[str, Any]]) -> str:
 def write_gradients(rows: list[dict[str, Any]], out: str | os.PathLike) -> None:
     """``gradients.csv`` and ``gradients.md`` in ``out``."""
     out = Path(out)
-    _write_csv(out / "gradients.csv", GRADIENT_COLUMNS, rows)
+    write_csv(out / "gradients.csv", GRADIENT_COLUMNS, rows)
     (out / "gradients.md").write_text(gradient_markdown(rows))
 
 
@@ -333,11 +325,11 @@ def compare_markdown(rows: list[dict[str, Any]]) -> str:
 def write_compare(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, float]]],
                   snr_rows: list[dict[str, Any]], out: Path) -> None:
     """``compare.csv``, ``compare.md``, ``curves.csv`` and ``snr_vs_k.csv`` in ``out``."""
-    _write_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
+    write_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
     (out / "compare.md").write_text(compare_markdown(rows))
     flat = [{"estimator": spec, **point} for spec, points in curves.items() for point in points]
-    _write_csv(out / "curves.csv", ["estimator", "epoch", "seconds", "log_px"], flat)
-    _write_csv(out / "snr_vs_k.csv", SNR_COLUMNS, snr_rows)
+    write_csv(out / "curves.csv", ["estimator", "epoch", "seconds", "log_px"], flat)
+    write_csv(out / "snr_vs_k.csv", SNR_COLUMNS, snr_rows)
 
 
 def plot_loglik_vs_time(curves: dict[str, list[dict[str, float]]],

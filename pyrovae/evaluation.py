@@ -17,7 +17,7 @@ from .errors import PyrovaeError
 from .vae import LATENT, OBS, VAE
 
 # Largest decoder output (elements) held at once when estimating log p(x): bounds memory.
-_MAX_ELEMENTS = 1 << 24
+MAX_ELEMENTS = 1 << 24
 
 
 def _batches(n: int, size: int):
@@ -76,7 +76,7 @@ def log_weights(vae: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_likelihood(vae: VAE, x: torch.Tensor, k: int = 1000, max_elements: int = _MAX_ELEMENTS
+def log_likelihood(vae: VAE, x: torch.Tensor, k: int = 1000, max_elements: int = MAX_ELEMENTS
                    ) -> torch.Tensor:
     """Importance-sampled estimate of ``log p(x)`` per example, ``(N,)``, with ``k`` samples.
 

@@ -7,6 +7,7 @@ and renamed, so a crash mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -91,6 +92,16 @@ def truncate_metrics(run_dir: str | os.PathLike, key: str, last: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, path)
+
+
+def write_csv(path: str | os.PathLike, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """A CSV table with ``columns`` (keys outside them are ignored), one line per row."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ reconstruction), active units against beta, and the KL along training with and w
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from matplotlib.figure import Figure
 from . import plots
 from .data import Dataset
 from .errors import PyrovaeError
+from .runs import write_csv
 from .training import train
 
 DEFAULT_BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -73,11 +73,7 @@ def sweep(
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> None:
     """``sweep.csv`` and ``sweep.md`` with one row per run."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "sweep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "sweep.csv", COLUMNS, rows)
     lines = ["| run | beta | KL schedule | held-out ELBO | reconstruction | KL | active units "
              "| s / epoch |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
