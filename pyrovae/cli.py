@@ -47,6 +47,8 @@ def _train(args) -> int:
     else:
         run = train(run_dir=args.out or _default_out(args.dataset), progress=not args.no_progress,
                     overwrite=args.overwrite, **given)
+    if run.world_size > 1 and not run.metrics:
+        return 0  # a data-parallel rank other than 0: rank 0 reports
     last = run.metrics[-1] if run.metrics else {}
     print(f"run folder: {run.run_dir}")
     if last and last["test_elbo"] is None:

@@ -33,6 +33,7 @@ class TrainConfig:
     lr: float | None = None  # Adam learning rate
     seed: int = 0
     device: str = "cpu"
+    compile: str = "eager"  # eager | graph (the step as a CUDA graph) | auto (graph where possible)
     eval_batch_size: int = 1000  # held-out ELBO batches (memory only, not results)
     limit: int | None = None  # use only `limit` random training and held-out examples (smoke runs)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
@@ -95,5 +96,7 @@ def _check(c: TrainConfig) -> None:
         raise PyrovaeError(f"--lr must be a positive number, got {c.lr}")
     if not (math.isfinite(c.beta) and c.beta >= 0):
         raise PyrovaeError(f"--beta must be a finite number >= 0, got {c.beta}")
+    if c.compile not in ("eager", "graph", "auto"):
+        raise PyrovaeError(f"--compile must be eager, graph or auto, got {c.compile!r}")
     if c.device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", c.device):
         raise PyrovaeError(f"--device must be cpu, cuda or cuda:N, got {c.device!r}")

@@ -117,6 +117,17 @@ def _score_terms(guide_trace: Trace, estimator: str) -> list[tuple[dict, torch.T
     return terms
 
 
+def path_scale(site: dict):
+    """The weight ``c`` of ``log q`` in the log weight: the site's scale, 0 where it is masked
+    (an auto-encoder's latent, or ``beta = 0``), where the log weight has no ``log q`` term."""
+    mask = site["mask"]
+    if mask is None or mask is True:
+        return site["scale"]
+    if mask is False:
+        return 0.0
+    return scale_and_mask(torch.ones_like(mask, dtype=site["value"].dtype), site["scale"], mask)
+
+
 def _sum_keepdim(tensor: torch.Tensor, dims: list[int]) -> torch.Tensor:
     dims = [d for d in dims if -tensor.dim() <= d]
     return tensor.sum(dims, keepdim=True) if dims else tensor
@@ -240,7 +251,7 @@ class DReG_ELBO(ELBO):
                 surr = surr + (w * score).sum()  # (a)
                 event = (1,) * len(site["fn"].event_shape)
                 w = w.reshape(w.shape + event)
-                scale = site["scale"]
+                scale = path_scale(site)
                 if torch.is_tensor(scale):
                     scale = scale.reshape(scale.shape + event)
                 surr = surr + (scale * (w**2 - w) * grad * site["value"]).sum()  # (b)

@@ -33,17 +33,19 @@ def elbo_terms(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str, f
     auto-encoder has no ELBO: its ``elbo`` and ``kl`` are ``None`` and ``recon`` is the
     log-likelihood of ``x`` under the decoding of its point code.
     """
-    recon = kl = 0.0
+    # sums stay on the device and are read once at the end: no host sync per batch
+    recon = torch.zeros((), dtype=torch.float64, device=x.device)
+    kl = torch.zeros_like(recon)
     with pyro.validation_enabled(False):
         for s in _batches(len(x), batch_size):
             guide_tr = poutine.trace(vae.guide).get_trace(x[s])
             model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x[s])
             obs = model_tr.nodes[OBS]
-            recon += obs["fn"].log_prob(obs["value"]).sum().item()
+            recon += obs["fn"].log_prob(obs["value"]).sum()
             if not vae.point_code:
                 q, p = guide_tr.nodes[LATENT]["fn"], model_tr.nodes[LATENT]["fn"]
-                kl += kl_divergence(q, p).sum().item()
-    n = len(x)
+                kl += kl_divergence(q, p).sum()
+    n, recon, kl = len(x), recon.item(), kl.item()
     if vae.point_code:
         return {"elbo": None, "recon": recon / n, "kl": None}
     return {"elbo": (recon - kl) / n, "recon": recon / n, "kl": kl / n}

@@ -61,6 +61,9 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "lr": ("--lr", dict(type=float, help="Adam learning rate (default 1e-3)")),
     "seed": ("--seed", dict(type=int)),
     "device": ("--device", dict(help="cpu (default), cuda or cuda:N")),
+    "compile": ("--compile", dict(choices=["eager", "graph", "auto"], help="eager (default); "
+                                  "graph: capture the SVI step as a CUDA graph (GPU only); auto: "
+                                  "graph where the device and estimator allow, else eager")),
     "limit": ("--limit", dict(type=int, help="use only N examples, chosen at random (smoke runs)")),
 }
 

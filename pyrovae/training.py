@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,19 +20,20 @@ from typing import Any
 import pyro
 import torch
 
-from . import runs
+from . import distributed, runs, steps
 from .config import TrainConfig, resolve
 from .data import Dataset, binarize, check_binarize_mode, load_dataset
 from .errors import PyrovaeError
 from .evaluation import active_units, elbo_terms
 from .objectives import make_elbo
 from .schedules import Schedule, from_dict, parse_schedule, to_dict
+from .static_elbo import StaticELBO
 from .vae import VAE
 
 EVAL_SEED = 1234  # fixed draw for binarizing held-out data, so runs compare on the same images
 
 
-RESUMABLE = ("epochs", "device", "lr", "data_dir")  # what a resumed run may change
+RESUMABLE = ("epochs", "device", "lr", "data_dir", "compile")  # what a resumed run may change
 CHECKPOINT_FORMAT = "pyrovae-checkpoint-1"
 
 
@@ -49,6 +51,8 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
     schedule: Schedule | None = None
+    compile: str = "eager"  # how the step ran: eager or graph
+    world_size: int = 1  # data-parallel processes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,9 +109,14 @@ def train(
 
     With ``run_dir``, writes ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` (each epoch) and
     ``figures/``. ``resume=True`` continues the run in ``run_dir`` from its checkpoint up to
-    ``epochs`` (only ``epochs``, ``device``, ``lr`` and ``data_dir`` may be overridden then). A
-    folder that already holds a checkpoint is only reused with ``resume`` or ``overwrite=True``.
-    With ``data`` and no ``dataset``, the data set's name is recorded as the run's ``dataset``.
+    ``epochs`` (only ``epochs``, ``device``, ``lr``, ``data_dir`` and ``compile`` may be
+    overridden then). A folder that already holds a checkpoint is only reused with ``resume`` or
+    ``overwrite=True``. With ``data`` and no ``dataset``, the data set's name is recorded as the
+    run's ``dataset``.
+
+    Under ``torchrun`` (or in a process group the caller made) every rank trains on its shard of
+    each global batch of ``batch_size`` and rank 0 alone writes ``run_dir`` and evaluates; see
+    :mod:`pyrovae.distributed`.
     """
     ckpt = None
     if resume:
@@ -132,26 +141,43 @@ def train(
         base = config.to_dict() if isinstance(config, TrainConfig) else TrainConfig().to_dict()
         config = TrainConfig.from_dict({**base, **given, **overrides})
     config = resolve(config)
-    device = resolve_device(config.device)
+    ctx = distributed.setup(config.device)
+    try:
+        return _train(config, ctx, ckpt, run_dir, data, progress, figures)
+    finally:
+        distributed.teardown(ctx)
 
+
+def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
+           run_dir: str | os.PathLike | None, data: Dataset | None, progress: bool,
+           figures: bool) -> Run:
+    device = resolve_device(distributed.device_name(ctx, config.device))
     data = prepare_data(config, data).to(device)
     pyro.set_rng_seed(config.seed)  # the network's initial weights depend on the seed alone
     vae = build_vae(config, data.shape).to(device)
+    distributed.broadcast_parameters(ctx, vae.state_dict().values())
     if config.binarize == "none":
         vae.likelihood.check(data.train_x, "training data")
         vae.likelihood.check(data.test_x, "held-out data")
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
+    mode, why = steps.choose(config.compile, device, config.estimator, config.particles)
+    if mode == "graph" and len(data.train_x) < config.batch_size:
+        raise PyrovaeError(f"--compile graph trains on full batches only, and the {len(data.train_x)} "
+                           f"training examples do not fill one --batch-size {config.batch_size}: use a "
+                           "smaller --batch-size or --compile eager")
+    if why is not None and ctx.is_main:
+        print(f"pyrovae: --compile auto trains eagerly: {why}", file=sys.stderr)
+    optimizer = make_optimizer(vae, config.lr, capturable=mode == "graph")
+    n = len(data.train_x)
+    steps_per_epoch = n // config.batch_size if mode == "graph" else math.ceil(n / config.batch_size)
     if ckpt is not None:
         vae.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr
+        _restore_optimizer_flags(optimizer, config.lr, capturable=mode == "graph")
         schedule = from_dict(ckpt["schedule"])
     else:
         schedule = parse_schedule(config.kl_schedule, config.beta,
                                   steps_per_epoch * config.epochs, steps_per_epoch)
-    if run_dir is not None:
+    if run_dir is not None and ctx.is_main:
         run_dir = runs.make_run_dir(run_dir, config.dataset)
         runs.write_config(run_dir, config.to_dict())
         if ckpt is not None:
@@ -159,9 +185,12 @@ def train(
         else:  # a fresh run (overwrite): nothing of an earlier run may stay beside the new config
             for name in (runs.METRICS, runs.CHECKPOINT):
                 (run_dir / name).unlink(missing_ok=True)
-    run = Run(vae, data, config, runs.read_metrics(run_dir) if ckpt else [], run_dir, schedule)
+    elif not ctx.is_main:
+        run_dir = None  # only rank 0 writes
+    run = Run(vae, data, config, runs.read_metrics(run_dir) if ckpt and run_dir else [], run_dir,
+              schedule, compile=mode, world_size=ctx.world_size)
     with pyro.get_param_store().scope():  # no names leak into (or from) other models' params
-        fit(run, optimizer, ckpt, progress)
+        fit(run, optimizer, ckpt, progress and ctx.is_main, ctx)
     if figures and run_dir is not None:
         from .report import save_run_figures
 
@@ -169,33 +198,60 @@ def train(
     return run
 
 
+def make_optimizer(vae: VAE, lr: float, capturable: bool = False) -> torch.optim.Adam:
+    """Adam over the VAE's parameters: fused on CUDA, and ``capturable`` for CUDA graphs."""
+    on_cuda = next(vae.parameters()).device.type == "cuda"
+    return torch.optim.Adam(vae.parameters(), lr=lr, fused=on_cuda or None, capturable=capturable)
+
+
+def _restore_optimizer_flags(optimizer: torch.optim.Adam, lr: float, capturable: bool) -> None:
+    """After ``load_state_dict``: this run's lr and kernels, whatever the saved run used."""
+    for group in optimizer.param_groups:
+        on_cuda = group["params"][0].device.type == "cuda"
+        group.update(lr=lr, capturable=capturable, fused=on_cuda or None, foreach=None)
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:  # capturable/fused Adam keeps its step count on the device
+                state["step"] = state["step"].to(p.device if capturable or on_cuda else "cpu",
+                                                 torch.float32)
+
+
+CHECK_EVERY = 100  # steps between host reads of the accumulated loss in graph mode
+
+
 def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
-        progress: bool = True) -> None:
-    """Run the epochs of ``run``, from scratch or from checkpoint ``ckpt``; fills ``run.metrics``."""
+        progress: bool = True, ctx: distributed.Context | None = None) -> None:
+    """Run the epochs of ``run``, from scratch or from checkpoint ``ckpt``; fills ``run.metrics``.
+
+    Eager steps check each loss on the host; graph steps accumulate the loss on the device and
+    the loop reads the sum every :data:`CHECK_EVERY` steps and at the end of each epoch. A
+    NaN/inf loss or parameter raises :class:`TrainingDiverged` before the epoch's checkpoint.
+    """
     from tqdm.auto import tqdm
 
+    ctx = ctx or distributed.Context()
     vae, data, config, schedule = run.vae, run.data, run.config, run.schedule
-    elbo = make_elbo(config.estimator, config.particles)
     device = data.train_x.device
+    grad_sum = distributed.GradientSum(ctx, vae.parameters())
+    if run.compile == "graph":
+        loss_fn = StaticELBO(config.estimator, config.particles)
+        step_fn = steps.GraphStep(lambda x, beta: loss_fn(vae.model, vae.guide, x, beta),
+                                  optimizer, grad_sum)
+    else:
+        elbo = make_elbo(config.estimator, config.particles)
+        step_fn = steps.EagerStep(vae.model, vae.guide, elbo, optimizer, grad_sum)
     gen = torch.Generator(device=device)
     gen.manual_seed(config.seed)
     epoch, step = 0, 0
     if ckpt is not None:
         epoch, step = ckpt["epoch"], ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"].get("device", "cpu") == device.type:
-            gen.set_state(ckpt["rng"]["data"])
-            if device.type == "cuda" and "cuda" in ckpt["rng"]:
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        else:  # generator states do not carry across device types: a new, seeded stream
-            gen.manual_seed(config.seed + epoch)
-            warnings.warn(f"resuming on {device.type} a run trained on {ckpt['rng'].get('device')}: "
-                          "the data order and binarization draws continue from a new seeded "
-                          "stream, so the run is not bit-for-bit what it would have been",
-                          stacklevel=2)
+        _restore_rng(ckpt, gen, device, config, epoch, ctx)
+    elif ctx.rank > 0:
+        pyro.set_rng_seed(ctx.rank_seed(config.seed))  # every rank draws its own noise
     n, bs = len(data.train_x), config.batch_size
+    end = n - n % bs if run.compile == "graph" else n  # a captured step needs full batches
     beta = torch.ones((), device=device)
-    bar = tqdm(total=math.ceil(n / bs) * (config.epochs - epoch), disable=not progress,
+    bar = tqdm(total=math.ceil(end / bs) * (config.epochs - epoch), disable=not progress,
                desc="train", unit="step", mininterval=0.5)
     try:
         while epoch < config.epochs:
@@ -203,30 +259,40 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
             vae.train()
             x_all = binarize(data.train_x, gen) if config.binarize == "dynamic" else data.train_x
             perm = torch.randperm(n, generator=gen, device=device)
-            total, t0 = 0.0, time.perf_counter()
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            t0 = time.perf_counter()
             with pyro.validation_enabled(False):  # data were checked once when loaded
-                for i in range(0, n, bs):
-                    x = x_all[perm[i:i + bs]]
+                for i in range(0, end, bs):
+                    x = x_all[ctx.shard(perm[i:i + bs])]
                     # beta lives in a tensor updated in place: a positional tensor argument
                     # changes without recompiling a JIT-traced (or graph-captured) step
                     beta.fill_(schedule(step))
-                    loss = elbo.loss_and_grads(vae.model, vae.guide, x, beta)
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(_diverged_message(run, epoch, step, loss))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    loss = step_fn(x, beta)
                     total += loss
                     step += 1
                     bar.update()
-                    if step % 20 == 0:
-                        bar.set_postfix(epoch=epoch, loss=f"{loss / len(x):.2f}", refresh=False)
+                    if step_fn.host_loss:
+                        if not math.isfinite(loss):
+                            raise TrainingDiverged(_diverged_message(run, epoch, step, loss))
+                        if step % 20 == 0:
+                            bar.set_postfix(epoch=epoch, loss=f"{loss / bs:.2f}", refresh=False)
+                    elif step % CHECK_EVERY == 0 and not torch.isfinite(total):
+                        raise TrainingDiverged(_diverged_message(run, epoch, step, float(total)))
+            total = float(total)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
+            if not math.isfinite(total):
+                raise TrainingDiverged(_diverged_message(run, epoch, step, total))
             if not all(torch.isfinite(p).all() for p in vae.parameters()):
                 raise TrainingDiverged(_diverged_message(run, epoch, step, "finite, but the "
                                                          "parameters became nan or inf"))
-            row = {"epoch": epoch, "step": step, "seconds": seconds, "train_loss": total / n,
+            if not ctx.is_main:
+                continue  # rank 0 alone evaluates and writes
+            row = {"epoch": epoch, "step": step, "seconds": seconds, "train_loss": total / end,
                    "beta": schedule(step - 1), **_held_out(vae, data, config)}
             row["eval_seconds"] = time.perf_counter() - t0 - seconds
+            row.update(compile=run.compile, world_size=ctx.world_size)
             run.metrics.append(row)
             bar.set_postfix(epoch=epoch, test_recon=f"{row['test_recon']:.2f}")
             if run.run_dir is not None:
@@ -235,6 +301,26 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
                                      checkpoint_payload(run, optimizer, epoch, step, gen))
     finally:
         bar.close()
+
+
+def _restore_rng(ckpt: dict, gen: torch.Generator, device: torch.device, config: TrainConfig,
+                 epoch: int, ctx: distributed.Context) -> None:
+    """Continue the saved random streams: data order (every rank) and noise (rank 0's)."""
+    if ctx.rank == 0:
+        torch.set_rng_state(ckpt["rng"]["torch"])
+    else:
+        pyro.set_rng_seed(ctx.rank_seed(config.seed + epoch))
+    if ckpt["rng"].get("device", "cpu") == device.type:
+        gen.set_state(ckpt["rng"]["data"])
+        if device.type == "cuda" and "cuda" in ckpt["rng"] and ctx.rank == 0:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    else:  # generator states do not carry across device types: a new, seeded stream
+        gen.manual_seed(config.seed + epoch)
+        if ctx.is_main:
+            warnings.warn(f"resuming on {device.type} a run trained on {ckpt['rng'].get('device')}: "
+                          "the data order and binarization draws continue from a new seeded "
+                          "stream, so the run is not bit-for-bit what it would have been",
+                          stacklevel=3)
 
 
 def _held_out(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, float]:

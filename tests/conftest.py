@@ -48,3 +48,47 @@ def real_data_dir() -> Path | None:
 def small_batch(shape=(1, 8, 8), n=5, binary=True):
     x = torch.rand(n, *shape)
     return torch.bernoulli(x) if binary else x
+
+
+class HostSync(AssertionError):
+    """Raised by :func:`forbid_host_sync` when code reads a tensor's value on the host."""
+
+
+# Tensor methods that read a device value on the host (or copy it there).
+HOST_READS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "cpu", "numpy")
+
+
+@pytest.fixture
+def forbid_host_sync(monkeypatch):
+    """``with forbid_host_sync(): ...`` raises :class:`HostSync` on any host read of a tensor.
+
+    On a GPU each such read waits for the device, and CUDA-graph capture rejects it, so this lets
+    CPU tests check capture-ready code. Patches the :data:`HOST_READS` methods of ``torch.Tensor``
+    and ``torch.tensor`` with non-empty data (a host-to-device copy on a GPU).
+    """
+    import contextlib
+
+    def refuse(name):
+        def read(*args, **kwargs):
+            raise HostSync(f"host synchronisation: {name} called inside forbid_host_sync")
+
+        return read
+
+    new_tensor = torch.tensor
+
+    def tensor(data, *args, **kwargs):
+        # Empty data copies nothing: every pyro.plate without a device does torch.tensor(()).device
+        # (pyro.poutine.subsample_messenger._Subsample) to find the default device.
+        if isinstance(data, (tuple, list)) and not data:
+            return new_tensor(data, *args, **kwargs)
+        refuse("torch.tensor")()
+
+    @contextlib.contextmanager
+    def guard():
+        with monkeypatch.context() as patch:
+            for name in HOST_READS:
+                patch.setattr(torch.Tensor, name, refuse(f"Tensor.{name}"))
+            patch.setattr(torch, "tensor", tensor)
+            yield
+
+    return guard

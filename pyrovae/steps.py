@@ -1,0 +1,141 @@
+"""The SVI step, two ways: eager (Pyro's ELBO) or captured once as a CUDA graph and replayed.
+
+A step takes a batch ``x`` and the KL weight ``beta`` (a 0-dim device tensor the loop updates in
+place) and returns that batch's loss; gradients are summed over data-parallel ranks before the
+optimizer's update.
+
+* :class:`EagerStep` -- ``elbo.loss_and_grads`` from the estimator registry, then the update.
+  Works for every estimator; returns a Python float (Pyro reads the loss on the host).
+* :class:`GraphStep` -- forward, backward and the (capturable) Adam update recorded once in CUDA
+  graphs and replayed for every batch: no Python, no Pyro bookkeeping, no kernel-launch cost per
+  step. The loss comes from :mod:`pyrovae.static_elbo`, which does no host synchronisation, and
+  is returned as a device tensor. Capture needs a static batch shape (the loop drops each
+  epoch's last partial batch), device-side constants only, and noise from the default CUDA
+  generator (Pyro's samplers use it, and PyTorch advances it on every replay).
+
+:func:`choose` turns ``--compile {eager,graph,auto}`` into a mode, with the reason when ``auto``
+falls back to eager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import torch
+
+from .distributed import GradientSum
+from .errors import PyrovaeError
+from .static_elbo import capture_problem
+
+COMPILE_MODES = ("eager", "graph", "auto")
+WARMUP_STEPS = 3  # eager steps (real training steps) on a side stream before capture
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def choose(compile: str, device: torch.device, estimator: str, particles: int) -> tuple[str, str | None]:
+    """``(mode, why)``: ``"eager"`` or ``"graph"``, and why ``auto`` chose eager (else None).
+
+    ``graph`` where it cannot work raises :class:`PyrovaeError` with the reason.
+    """
+    if compile not in COMPILE_MODES:
+        raise PyrovaeError(f"unknown --compile {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
+    if compile == "eager":
+        return "eager", None
+    if device.type != "cuda":
+        why = f"CUDA graphs need a CUDA device, and this run trains on {device}"
+    elif not hasattr(torch.cuda, "CUDAGraph"):
+        why = "this PyTorch build has no CUDA graphs"
+    else:
+        why = capture_problem(estimator, particles)
+    if why is None:
+        return "graph", None
+    if compile == "graph":
+        raise PyrovaeError(f"--compile graph: {why}; use --compile eager (or auto, which falls "
+                           "back to eager by itself)")
+    return "eager", why
+
+
+class EagerStep:
+    """Pyro's ``loss_and_grads`` for any registry estimator, gradient sum, optimizer update."""
+
+    host_loss = True  # returns a Python float, already read on the host
+
+    def __init__(self, model, guide, elbo: pyro.infer.ELBO, optimizer: torch.optim.Optimizer,
+                 grad_sum: GradientSum):
+        self.model, self.guide, self.elbo = model, guide, elbo
+        self.optimizer, self.grad_sum = optimizer, grad_sum
+
+    def __call__(self, x: torch.Tensor, beta: torch.Tensor) -> float:
+        loss = self.elbo.loss_and_grads(self.model, self.guide, x, beta) if len(x) else 0.0
+        if self.grad_sum.ctx.active:
+            loss = float(self.grad_sum(torch.tensor(loss, device=beta.device)))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+class GraphStep:
+    """The whole step replayed from CUDA graphs; returns the loss as a 0-dim device tensor.
+
+    ``loss_fn(x, beta)`` must be capture-ready (no host synchronisation) and ``optimizer`` built
+    with ``capturable=True``. The first :data:`WARMUP_STEPS` calls train eagerly on a side stream
+    (as capture requires); the next one records two graphs, gradients and update, with the
+    all-reduce of data-parallel runs between them, and every later call copies ``x`` into the
+    static input and replays them. ``x`` must keep one shape and ``beta`` stay the same tensor.
+    """
+
+    host_loss = False
+
+    def __init__(self, loss_fn: LossFn, optimizer: torch.optim.Optimizer, grad_sum: GradientSum):
+        self.loss_fn, self.optimizer, self.grad_sum = loss_fn, optimizer, grad_sum
+        self.calls = 0
+        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
+        self.static_x: torch.Tensor | None = None
+        self.static_loss: torch.Tensor | None = None
+        self.stream: torch.cuda.Stream | None = None
+
+    def __call__(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls <= WARMUP_STEPS:
+            return self._warmup(x, beta)
+        if self.graphs is None:
+            self._capture(x, beta)
+        elif x.shape != self.static_x.shape:
+            raise PyrovaeError(f"a captured step takes batches of shape {tuple(self.static_x.shape)}, "
+                               f"got {tuple(x.shape)}: the loop must drop partial batches")
+        self.static_x.copy_(x)
+        grads, update = self.graphs
+        grads.replay()
+        loss = self.grad_sum(self.static_loss)
+        update.replay()
+        return loss.detach().clone()
+
+    def forward_backward(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """The batch's loss (detached, on the device) with its gradients accumulated into the
+        parameters: what the first graph records. Reads nothing on the host."""
+        loss = self.loss_fn(x, beta)
+        loss.backward()
+        return loss.detach()
+
+    def _warmup(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        if self.stream is None:
+            self.stream = torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            loss = self.grad_sum(self.forward_backward(x, beta))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return loss
+
+    def _capture(self, x: torch.Tensor, beta: torch.Tensor) -> None:
+        self.static_x = x.clone()
+        self.optimizer.zero_grad(set_to_none=True)  # backward then allocates static gradients
+        grads, update = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(grads):
+            self.static_loss = self.forward_backward(self.static_x, beta)
+        with torch.cuda.graph(update, pool=grads.pool()):
+            self.optimizer.step()
+        self.graphs = (grads, update)

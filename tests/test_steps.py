@@ -1,0 +1,164 @@
+"""``--compile {eager,graph,auto}``: choosing the step, and a captured step that never syncs.
+
+On the CPU the captured part of the step (loss and backward) runs under a guard that fails on
+any host read of a tensor; on a GPU (skipped here without one) the real capture runs under
+``torch.cuda.set_sync_debug_mode("error")`` and is compared with the eager loss.
+"""
+
+import pytest
+import torch
+
+from pyrovae import runs
+from pyrovae.cli import main
+from pyrovae.distributed import Context, GradientSum
+from pyrovae.errors import PyrovaeError
+from pyrovae.evaluation import elbo_terms, log_likelihood
+from pyrovae.objectives import make_elbo
+from pyrovae.static_elbo import CAPTURABLE, StaticELBO
+from pyrovae.steps import GraphStep, choose
+from pyrovae.training import train
+from pyrovae.vae import VAE
+from tests.conftest import HostSync
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+SPECS = ["trace", "meanfield", "stl", "iwae:3", "renyi:0.5,3", "dreg:3"]
+
+
+def test_every_capture_ready_estimator_is_exercised():
+    assert {s.split(":")[0] for s in SPECS} == set(CAPTURABLE)
+
+
+def test_graph_on_the_cpu_is_one_clear_error():
+    with pytest.raises(PyrovaeError, match="--compile graph: CUDA graphs need a CUDA device.*"
+                                           "use --compile eager"):
+        choose("graph", CPU, "trace", 1)
+
+
+def test_auto_falls_back_to_eager_and_says_why():
+    assert choose("auto", CPU, "trace", 1) == ("eager", "CUDA graphs need a CUDA device, and "
+                                                        "this run trains on cpu")
+    mode, why = choose("auto", GPU, "score", 1)  # the device object alone: no GPU needed
+    assert mode == "eager" and "score" in why
+    assert choose("auto", GPU, "dreg:5", 1) == ("graph", None)
+    assert choose("graph", GPU, "trace", 4) == ("graph", None)
+    assert choose("eager", GPU, "trace", 1) == ("eager", None)
+    with pytest.raises(PyrovaeError, match="--compile graph: .*jit"):
+        choose("graph", GPU, "jit", 1)
+    with pytest.raises(PyrovaeError, match="unknown --compile 'fast'"):
+        choose("fast", CPU, "trace", 1)
+
+
+def test_cli_graph_on_cpu_and_auto_fallback(tmp_path, capsys, single_thread):
+    args = ["train", "--dataset", "digits", "--limit", "60", "--epochs", "1", "--no-progress"]
+    assert main([*args, "--compile", "graph", "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--compile graph: CUDA graphs need a CUDA device" in err
+    assert not (tmp_path / "g" / runs.CHECKPOINT).exists()
+
+    assert main([*args, "--compile", "auto", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "--compile auto trains eagerly: CUDA graphs need a CUDA device" in err
+    assert runs.read_metrics(tmp_path / "a")[0]["compile"] == "eager"
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("kind", ["vae", "dae", "gaussian-conv"])
+def test_the_captured_part_of_the_step_reads_nothing_on_the_host(spec, kind, forbid_host_sync):
+    if kind == "gaussian-conv":
+        vae = VAE((1, 8, 8), z_dim=3, hidden=[8], net="conv", likelihood="gaussian")
+        x = torch.rand(5, 1, 8, 8)
+    else:
+        vae = VAE((1, 8, 8), z_dim=3, hidden=[8], model=kind)
+        x = torch.bernoulli(torch.rand(5, 1, 8, 8))
+    loss_fn = StaticELBO(spec)
+    step = GraphStep(lambda x, beta: loss_fn(vae.model, vae.guide, x, beta),
+                     torch.optim.Adam(vae.parameters()), GradientSum(Context(), vae.parameters()))
+    beta = torch.tensor(0.5)
+    with forbid_host_sync():
+        loss = step.forward_backward(x, beta)
+        beta.fill_(0.0)  # a schedule's update, in place
+        step.forward_backward(x, beta)
+    assert loss.shape == () and torch.isfinite(loss)
+    assert all(p.grad is not None for p in vae.decoder.parameters())
+
+
+def test_the_guard_catches_pyros_host_reads(forbid_host_sync):
+    vae = VAE((1, 8, 8), z_dim=3, hidden=[8])
+    x = torch.bernoulli(torch.rand(5, 1, 8, 8))
+    with forbid_host_sync(), pytest.raises(HostSync, match="host synchronisation"):
+        make_elbo("trace").loss_and_grads(vae.model, vae.guide, x)  # Pyro reads the loss
+
+
+def test_held_out_evaluation_reads_the_host_once_whatever_the_batching(monkeypatch):
+    vae = VAE((1, 8, 8), z_dim=3, hidden=[8])
+    x = torch.bernoulli(torch.rand(40, 1, 8, 8))
+    reads = []
+    real_item = torch.Tensor.item
+
+    def counting_item(self):
+        reads.append(1)
+        return real_item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    counts = []
+    for batch_size in (40, 7, 1):
+        reads.clear()
+        elbo_terms(vae, x, batch_size)
+        log_likelihood(vae, x, k=50, max_elements=64 * 50 * 3)  # forces several chunks
+        counts.append(len(reads))
+    assert counts[0] == counts[1] == counts[2] <= 2
+
+
+@cuda
+def test_graph_step_trains_without_syncs_and_matches_eager_on_cuda(tmp_path):
+    vae = VAE((1, 8, 8), z_dim=3, hidden=[16]).cuda()
+    loss_fn = StaticELBO("trace")
+    x = torch.bernoulli(torch.rand(32, 1, 8, 8, device="cuda"))
+    beta = torch.ones((), device="cuda")
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, capturable=True)
+    step = GraphStep(lambda x, b: loss_fn(vae.model, vae.guide, x, b), optimizer,
+                     GradientSum(Context(), vae.parameters()))
+    for _ in range(4):  # warm-up steps, then the capture
+        step(x, beta)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            beta.fill_(0.5)
+            loss = step(x, beta)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)
+
+    # the same draws give the same loss: a captured loss against the eager one
+    static_x = x.clone()
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        loss_fn(vae.model, vae.guide, static_x, beta)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g), torch.no_grad():
+        captured = loss_fn(vae.model, vae.guide, static_x, beta)
+    torch.cuda.manual_seed(11)
+    with torch.no_grad():
+        eager = loss_fn(vae.model, vae.guide, x, beta)
+    torch.cuda.manual_seed(11)
+    g.replay()
+    assert captured.item() == pytest.approx(eager.item(), rel=1e-5)
+
+
+@cuda
+def test_compile_graph_trains_and_resumes_on_cuda(tmp_path):
+    run = train(dataset="digits", limit=200, epochs=2, batch_size=32, device="cuda",
+                compile="graph", run_dir=tmp_path, progress=False, figures=False)
+    assert [r["compile"] for r in run.metrics] == ["graph", "graph"]
+    eager = train(dataset="digits", limit=200, epochs=2, batch_size=32, device="cuda",
+                  compile="eager", progress=False, figures=False)
+    assert run.metrics[-1]["test_elbo"] == pytest.approx(eager.metrics[-1]["test_elbo"], abs=3)
+    resumed = train(run_dir=tmp_path, resume=True, epochs=3, progress=False, figures=False)
+    assert resumed.metrics[-1]["epoch"] == 3
+    cpu = train(run_dir=tmp_path, resume=True, epochs=4, device="cpu", compile="eager",
+                progress=False, figures=False)
+    assert cpu.metrics[-1]["compile"] == "eager"
