@@ -2,11 +2,16 @@
 
 Both: Fashion-MNIST (statically binarized once, the same draw for both), 784-400-50 MLP with
 softplus, Bernoulli likelihood from logits, one-sample Monte Carlo ELBO (Trace_ELBO's estimator),
-batch 256, Adam 1e-3, batches sliced from a permuted in-memory index. Prints seconds per training
-epoch, their ratio and each model's held-out ELBO; then times the importance-sampled log p(x)
-(K samples on the test images) of ``pyrovae.log_likelihood`` against a vectorized hand-written one.
+batch 256, Adam 1e-3, batches sliced from a permuted in-memory index. Prints, side by side,
+seconds per training epoch and held-out ELBO of the hand-written loop, pyrovae eager and (on a
+GPU) pyrovae with the step captured as a CUDA graph (``--compile graph``), with their ratios;
+then times the importance-sampled log p(x) (K samples on the test images) of
+``pyrovae.log_likelihood`` against a vectorized hand-written one; then (``--processes``) launches
+``torchrun -m pyrovae train`` with 1 and 2 processes and prints training samples per second
+(Gloo on the CPU, NCCL on GPUs).
 
-    python benchmarks/bench_training.py [--epochs 3] [--iwae-k 1000] [--iwae-n 10000] [--device cpu]
+    python benchmarks/bench_training.py [--epochs 5] [--iwae-k 1000] [--iwae-n 10000]
+        [--device cpu|cuda] [--processes 1,2] [--sections training,iwae,processes]
 
 Data: ``--data-dir`` or ``$PYROVAE_DATA_DIR`` (e.g. ../shared/data), else torchvision's download.
 """
@@ -14,10 +19,15 @@ Data: ``--data-dir`` or ``$PYROVAE_DATA_DIR`` (e.g. ../shared/data), else torchv
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -112,26 +122,8 @@ class HandTrainer:
         return time.perf_counter() - t0
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--iwae-k", type=int, default=1000)
-    p.add_argument("--iwae-n", type=int, default=10000, help="test images for log p(x)")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--estimator", default="trace",
-                   help="pyrovae's objective (the reference is always the one-sample ELBO)")
-    args = p.parse_args()
-    device = torch.device(args.device)
-
-    raw = pyrovae.load_dataset("fashion-mnist", args.data_dir)
-    gen = torch.Generator().manual_seed(args.seed)
-    data = pyrovae.Dataset("fashion-mnist", pyrovae.binarize(raw.train_x, gen),
-                           pyrovae.binarize(raw.test_x, gen)).to(device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{len(data.train_x)} train / {len(data.test_x)} test images, {args.epochs} epochs each")
-
+def bench_training(args, data, device) -> tuple[pyrovae.Run, HandVAE]:
+    """Hand-written, pyrovae eager and (CUDA) pyrovae graph: seconds per epoch, held-out ELBO."""
     # Epochs alternate (hand-written, then pyrovae resumed from its checkpoint for one more epoch),
     # so that machine noise hits both alike; pyrovae's time is its own `seconds` metric.
     hand = HandTrainer(data, device, args.seed)
@@ -148,37 +140,117 @@ def main():
                 run = pyrovae.train(run_dir=tmp, resume=True, epochs=epoch, data=data,
                                     progress=False, figures=False)
     pyro_times = [r["seconds"] for r in run.metrics]
-    hand = hand.vae
+    graph = None
+    if device.type == "cuda":  # one continuous run: each resume would capture again
+        graph = pyrovae.train(epochs=args.epochs, compile="graph", **config)
     th, tp = statistics.median(hand_times), statistics.median(pyro_times)
     torch.manual_seed(1)
-    elbo_hand = hand.held_out_elbo(data.test_x)
-    elbo_pyro = run.metrics[-1]["test_elbo"]
-    print("\n| training, one epoch | seconds (median) | held-out ELBO (nats) |")
-    print("| --- | --- | --- |")
-    print(f"| hand-written PyTorch | {th:.2f} | {elbo_hand:.2f} |")
-    print(f"| pyrovae (Pyro, --estimator {args.estimator}) | {tp:.2f} | {elbo_pyro:.2f} |")
-    print(f"| ratio pyrovae / hand-written | **{tp / th:.3f}** | |")
+    elbo_hand = hand.vae.held_out_elbo(data.test_x)
+    print("\n| training, one epoch | seconds (median) | ratio to hand-written | held-out ELBO (nats) |")
+    print("| --- | --- | --- | --- |")
+    print(f"| hand-written PyTorch, eager | {th:.3f} | 1 | {elbo_hand:.2f} |")
+    print(f"| pyrovae eager (--estimator {args.estimator}) | {tp:.3f} | **{tp / th:.3f}** | "
+          f"{run.metrics[-1]['test_elbo']:.2f} |")
+    if graph is not None:
+        times = [r["seconds"] for r in graph.metrics]
+        tg = statistics.median(times[1:] or times)  # epoch 1 includes warm-up and capture
+        print(f"| pyrovae --compile graph | {tg:.3f} | **{tg / th:.3f}** | "
+              f"{graph.metrics[-1]['test_elbo']:.2f} |")
+        print(f"graph epoch times (the first includes capture): {[round(t, 3) for t in times]}")
+    else:
+        print("(pyrovae --compile graph needs a CUDA device: not run on", device, ")")
     ratios = [p / h for p, h in zip(pyro_times, hand_times, strict=True)]
-    print(f"per-epoch ratios: {[round(r, 3) for r in ratios]}, median {statistics.median(ratios):.3f}")
-    print(f"epoch times: hand {[round(t, 2) for t in hand_times]}, "
-          f"pyrovae {[round(t, 2) for t in pyro_times]}")
+    print(f"per-epoch ratios eager/hand: {[round(r, 3) for r in ratios]}, median "
+          f"{statistics.median(ratios):.3f}")
+    print(f"epoch times: hand {[round(t, 3) for t in hand_times]}, "
+          f"pyrovae eager {[round(t, 3) for t in pyro_times]}")
+    return run, hand.vae
 
-    if args.iwae_k > 0:
-        x = data.test_x[: args.iwae_n]
-        run.vae.eval()
-        sync(device)
-        t0 = time.perf_counter()
-        lp_hand = hand.log_likelihood(x, args.iwae_k).mean().item()
-        sync(device)
-        t1 = time.perf_counter()
-        lp_pyro = pyrovae.log_likelihood(run.vae, x, args.iwae_k).mean().item()
-        sync(device)
-        t2 = time.perf_counter()
-        print(f"\n| log p(x), K={args.iwae_k}, {len(x)} images | seconds | log p(x) (nats) |")
-        print("| --- | --- | --- |")
-        print(f"| hand-written, vectorized | {t1 - t0:.1f} | {lp_hand:.2f} |")
-        print(f"| pyrovae.log_likelihood | {t2 - t1:.1f} | {lp_pyro:.2f} |")
-        print(f"| ratio pyrovae / hand-written | **{(t2 - t1) / (t1 - t0):.3f}** | |")
+
+def bench_iwae(args, data, device, run, hand) -> None:
+    x = data.test_x[: args.iwae_n]
+    run.vae.eval()
+    sync(device)
+    t0 = time.perf_counter()
+    lp_hand = hand.log_likelihood(x, args.iwae_k).mean().item()
+    sync(device)
+    t1 = time.perf_counter()
+    lp_pyro = pyrovae.log_likelihood(run.vae, x, args.iwae_k).mean().item()
+    sync(device)
+    t2 = time.perf_counter()
+    print(f"\n| log p(x), K={args.iwae_k}, {len(x)} images | seconds | log p(x) (nats) |")
+    print("| --- | --- | --- |")
+    print(f"| hand-written, vectorized | {t1 - t0:.1f} | {lp_hand:.2f} |")
+    print(f"| pyrovae.log_likelihood | {t2 - t1:.1f} | {lp_pyro:.2f} |")
+    print(f"| ratio pyrovae / hand-written | **{(t2 - t1) / (t1 - t0):.3f}** | |")
+
+
+def bench_processes(args) -> None:
+    """``torchrun --nproc-per-node N -m pyrovae train`` for each N: training samples per second.
+
+    Every run uses all the machine's cores, N processes of ``cores // N`` threads each; on the
+    CPU one single-threaded process is added for scale.
+    """
+    cores = os.cpu_count() or 1
+    print(f"\n| data-parallel training ({args.device}), {args.epochs} epochs | threads per "
+          "process | seconds per epoch (median of epochs 2+) | samples / s | speed-up |")
+    print("| --- | --- | --- | --- | --- |")
+    base = None
+    repo = Path(__file__).resolve().parents[1]
+    runs = [(n, max(1, cores // n) if args.device == "cpu" else 1) for n in args.processes]
+    if args.device == "cpu" and cores > 1 and 1 in args.processes:
+        runs.insert(1, (1, 1))  # for scale: one process on one core
+    for nproc, threads in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={nproc}", "-m", "pyrovae", "train", "--no-progress",
+                   "--dataset", "fashion-mnist", "--binarize", "static", "--epochs", str(args.epochs),
+                   "--batch-size", "256", "--device", args.device, "--seed", str(args.seed),
+                   "--estimator", args.estimator, "--out", tmp]
+            if args.data_dir:
+                cmd += ["--data-dir", args.data_dir]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            rows = [json.loads(line) for line in open(Path(tmp) / "metrics.jsonl")]
+        seconds = statistics.median([r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]])
+        rate = 60000 / seconds
+        base = base or rate
+        print(f"| {nproc} process{'es' if nproc > 1 else ''} | {threads} | {seconds:.2f} | "
+              f"{rate:,.0f} | {rate / base:.2f} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--iwae-k", type=int, default=1000)
+    p.add_argument("--iwae-n", type=int, default=10000, help="test images for log p(x)")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--estimator", default="trace",
+                   help="pyrovae's objective (the reference is always the one-sample ELBO)")
+    p.add_argument("--processes", type=lambda s: [int(n) for n in s.split(",")], default=[1, 2],
+                   help="process counts for the data-parallel section (default 1,2)")
+    p.add_argument("--sections", default="training,iwae,processes",
+                   help="comma-separated: training, iwae, processes")
+    args = p.parse_args()
+    sections = set(args.sections.split(","))
+    device = torch.device(args.device)
+    args.data_dir = args.data_dir or os.environ.get("PYROVAE_DATA_DIR")
+
+    raw = pyrovae.load_dataset("fashion-mnist", args.data_dir)
+    gen = torch.Generator().manual_seed(args.seed)
+    data = pyrovae.Dataset("fashion-mnist", pyrovae.binarize(raw.train_x, gen),
+                           pyrovae.binarize(raw.test_x, gen)).to(device)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{len(data.train_x)} train / {len(data.test_x)} test images, {args.epochs} epochs each")
+    if sections & {"training", "iwae"}:
+        run, hand = bench_training(args, data, device)
+        if "iwae" in sections and args.iwae_k > 0:
+            bench_iwae(args, data, device, run, hand)
+    if "processes" in sections:
+        bench_processes(args)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,9 @@ def broadcast_parameters(ctx: Context, tensors: Iterable[torch.Tensor]) -> None:
 class GradientSum:
     """Sum the gradients of ``params`` and a loss over all ranks: one all-reduce per step.
 
+    With several ranks the gradients live as views in one flat buffer (loss in its last slot),
+    so the all-reduce needs no copies; :meth:`zero` clears it for the next step. Gradients made
+    anew (a CUDA graph's backward sets its own) are gathered into the buffer and written back.
     A parameter without a gradient (a rank with an empty shard) takes part as zeros. Issues no
     host synchronisation, so it may sit between two captured CUDA graphs.
     """
@@ -108,23 +111,48 @@ class GradientSum:
     def __init__(self, ctx: Context, params: Iterable[torch.nn.Parameter]):
         self.ctx = ctx
         self.params = [p for p in params if p.requires_grad]
+        self.flat: torch.Tensor | None = None
+        self.views: list[torch.Tensor] = []
+        if ctx.active and self.params:
+            first = self.params[0]
+            total = sum(p.numel() for p in self.params)
+            self.flat = torch.zeros(total + 1, dtype=first.dtype, device=first.device)
+            offset = 0
+            for p in self.params:
+                self.views.append(self.flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+            self.zero()
+
+    def zero(self) -> None:
+        """Zero the gradients for the next step (in the flat buffer when several ranks run)."""
+        if self.flat is None:
+            for p in self.params:
+                p.grad = None
+            return
+        self.flat.zero_()
+        for p, view in zip(self.params, self.views, strict=True):
+            p.grad = view
 
     def __call__(self, loss: torch.Tensor) -> torch.Tensor:
         """All-reduce (sum) the gradients in place; return the summed loss (0-dim tensor)."""
-        if not self.ctx.active:
+        if self.flat is None:
             return loss
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1).to(grads[0].dtype)])
-        dist.all_reduce(flat)
-        offset = 0
-        for p, g in zip(self.params, grads, strict=True):
-            part = flat[offset:offset + g.numel()].view_as(g)
-            offset += g.numel()
-            if p.grad is None:
-                p.grad = part.clone()
-            else:
-                p.grad.copy_(part)
-        return flat[-1]
+        in_place = all(p.grad is v for p, v in zip(self.params, self.views, strict=True))
+        if not in_place:
+            for p, view in zip(self.params, self.views, strict=True):
+                if p.grad is None:
+                    view.zero_()
+                else:
+                    view.copy_(p.grad)
+        self.flat[-1].copy_(loss.reshape(()))
+        dist.all_reduce(self.flat)
+        if not in_place:
+            for p, view in zip(self.params, self.views, strict=True):
+                if p.grad is None:
+                    p.grad = view.clone()
+                else:
+                    p.grad.copy_(view)
+        return self.flat[-1]
 
     def sum(self, value: float, device: torch.device) -> float:
         """A number added up over all ranks (host side; for per-epoch totals)."""

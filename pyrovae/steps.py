@@ -19,7 +19,9 @@ falls back to eager.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pyro
 import torch
@@ -70,10 +72,42 @@ class EagerStep:
     def __call__(self, x: torch.Tensor, beta: torch.Tensor) -> float:
         loss = self.elbo.loss_and_grads(self.model, self.guide, x, beta) if len(x) else 0.0
         if self.grad_sum.ctx.active:
-            loss = float(self.grad_sum(torch.tensor(loss, device=beta.device)))
+            loss = float(self.grad_sum(torch.full((), loss, device=beta.device)))
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.grad_sum.zero()
         return loss
+
+
+class CudaGraphs:
+    """What :class:`GraphStep` needs of CUDA: a side stream for warm-up, capture, replay.
+
+    ``capture(fn)`` records ``fn()`` in a new graph and returns ``(graph, output)``; the output
+    tensors are static, refreshed in place by every ``replay(graph)``.
+    """
+
+    def __init__(self):
+        self.stream: torch.cuda.Stream | None = None
+
+    @contextlib.contextmanager
+    def side_stream(self) -> Iterator[None]:
+        if self.stream is None:
+            self.stream = torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            yield
+        torch.cuda.current_stream().wait_stream(self.stream)
+
+    def capture(self, fn: Callable[[], Any], pool: Any = None) -> tuple[torch.cuda.CUDAGraph, Any]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            output = fn()
+        return graph, output
+
+    def pool(self, graph: torch.cuda.CUDAGraph) -> Any:
+        return graph.pool()
+
+    def replay(self, graph: torch.cuda.CUDAGraph) -> None:
+        graph.replay()
 
 
 class GraphStep:
@@ -84,58 +118,53 @@ class GraphStep:
     (as capture requires); the next one records two graphs, gradients and update, with the
     all-reduce of data-parallel runs between them, and every later call copies ``x`` into the
     static input and replays them. ``x`` must keep one shape and ``beta`` stay the same tensor.
+    ``graphs`` stands in for CUDA in tests.
     """
 
     host_loss = False
 
-    def __init__(self, loss_fn: LossFn, optimizer: torch.optim.Optimizer, grad_sum: GradientSum):
+    def __init__(self, loss_fn: LossFn, optimizer: torch.optim.Optimizer, grad_sum: GradientSum,
+                 graphs: CudaGraphs | None = None):
         self.loss_fn, self.optimizer, self.grad_sum = loss_fn, optimizer, grad_sum
+        self.graphs = graphs or CudaGraphs()
         self.calls = 0
-        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
+        self.captured: tuple[Any, Any] | None = None  # (gradient graph, update graph)
         self.static_x: torch.Tensor | None = None
         self.static_loss: torch.Tensor | None = None
-        self.stream: torch.cuda.Stream | None = None
 
     def __call__(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls <= WARMUP_STEPS:
-            return self._warmup(x, beta)
-        if self.graphs is None:
+            with self.graphs.side_stream():
+                loss = self.grad_sum(self.forward_backward(x, beta))
+                self.optimizer.step()
+            return loss
+        if self.captured is None:
             self._capture(x, beta)
         elif x.shape != self.static_x.shape:
             raise PyrovaeError(f"a captured step takes batches of shape {tuple(self.static_x.shape)}, "
                                f"got {tuple(x.shape)}: the loop must drop partial batches")
         self.static_x.copy_(x)
-        grads, update = self.graphs
-        grads.replay()
+        grads, update = self.captured
+        self.graphs.replay(grads)
         loss = self.grad_sum(self.static_loss)
-        update.replay()
-        return loss.detach().clone()
+        self.graphs.replay(update)
+        return loss.clone()
 
     def forward_backward(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """The batch's loss (detached, on the device) with its gradients accumulated into the
-        parameters: what the first graph records. Reads nothing on the host."""
+        """The batch's loss (detached, on the device) with its gradients written into the
+        parameters' ``.grad``: what the first graph records. Reads nothing on the host."""
+        self.optimizer.zero_grad(set_to_none=True)  # backward allocates (in capture: static) grads
         loss = self.loss_fn(x, beta)
         loss.backward()
         return loss.detach()
 
-    def _warmup(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        if self.stream is None:
-            self.stream = torch.cuda.Stream()
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            loss = self.grad_sum(self.forward_backward(x, beta))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        torch.cuda.current_stream().wait_stream(self.stream)
-        return loss
-
     def _capture(self, x: torch.Tensor, beta: torch.Tensor) -> None:
         self.static_x = x.clone()
-        self.optimizer.zero_grad(set_to_none=True)  # backward then allocates static gradients
-        grads, update = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(grads):
+
+        def gradients():
             self.static_loss = self.forward_backward(self.static_x, beta)
-        with torch.cuda.graph(update, pool=grads.pool()):
-            self.optimizer.step()
-        self.graphs = (grads, update)
+
+        grads, _ = self.graphs.capture(gradients)
+        update, _ = self.graphs.capture(self.optimizer.step, pool=self.graphs.pool(grads))
+        self.captured = (grads, update)

@@ -166,13 +166,14 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
                            "smaller --batch-size or --compile eager")
     if why is not None and ctx.is_main:
         print(f"pyrovae: --compile auto trains eagerly: {why}", file=sys.stderr)
-    optimizer = make_optimizer(vae, config.lr, capturable=mode == "graph")
+    capturable = mode == "graph" and device.type == "cuda"
+    optimizer = make_optimizer(vae, config.lr, capturable=capturable)
     n = len(data.train_x)
     steps_per_epoch = n // config.batch_size if mode == "graph" else math.ceil(n / config.batch_size)
     if ckpt is not None:
         vae.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        _restore_optimizer_flags(optimizer, config.lr, capturable=mode == "graph")
+        _restore_optimizer_flags(optimizer, config.lr, capturable=capturable)
         schedule = from_dict(ckpt["schedule"])
     else:
         schedule = parse_schedule(config.kl_schedule, config.beta,
@@ -199,21 +200,19 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
 
 
 def make_optimizer(vae: VAE, lr: float, capturable: bool = False) -> torch.optim.Adam:
-    """Adam over the VAE's parameters: fused on CUDA, and ``capturable`` for CUDA graphs."""
-    on_cuda = next(vae.parameters()).device.type == "cuda"
-    return torch.optim.Adam(vae.parameters(), lr=lr, fused=on_cuda or None, capturable=capturable)
+    """Adam over the VAE's parameters, fused (one kernel for all of them, CPU or CUDA), and
+    ``capturable`` (step counts on the device) for CUDA graphs."""
+    return torch.optim.Adam(vae.parameters(), lr=lr, fused=True, capturable=capturable)
 
 
 def _restore_optimizer_flags(optimizer: torch.optim.Adam, lr: float, capturable: bool) -> None:
     """After ``load_state_dict``: this run's lr and kernels, whatever the saved run used."""
     for group in optimizer.param_groups:
-        on_cuda = group["params"][0].device.type == "cuda"
-        group.update(lr=lr, capturable=capturable, fused=on_cuda or None, foreach=None)
+        group.update(lr=lr, capturable=capturable, fused=True, foreach=None)
         for p in group["params"]:
             state = optimizer.state.get(p, {})
-            if "step" in state:  # capturable/fused Adam keeps its step count on the device
-                state["step"] = state["step"].to(p.device if capturable or on_cuda else "cpu",
-                                                 torch.float32)
+            if "step" in state:  # fused Adam keeps its step count beside the parameter
+                state["step"] = state["step"].to(p.device, torch.float32)
 
 
 CHECK_EVERY = 100  # steps between host reads of the accumulated loss in graph mode

@@ -5,10 +5,13 @@ any host read of a tensor; on a GPU (skipped here without one) the real capture 
 ``torch.cuda.set_sync_debug_mode("error")`` and is compared with the eager loss.
 """
 
+import contextlib
+
 import pytest
 import torch
 
-from pyrovae import runs
+import pyrovae.training as training
+from pyrovae import runs, steps
 from pyrovae.cli import main
 from pyrovae.distributed import Context, GradientSum
 from pyrovae.errors import PyrovaeError
@@ -16,7 +19,7 @@ from pyrovae.evaluation import elbo_terms, log_likelihood
 from pyrovae.objectives import make_elbo
 from pyrovae.static_elbo import CAPTURABLE, StaticELBO
 from pyrovae.steps import GraphStep, choose
-from pyrovae.training import train
+from pyrovae.training import TrainingDiverged, train
 from pyrovae.vae import VAE
 from tests.conftest import HostSync
 
@@ -108,6 +111,93 @@ def test_held_out_evaluation_reads_the_host_once_whatever_the_batching(monkeypat
         log_likelihood(vae, x, k=50, max_elements=64 * 50 * 3)  # forces several chunks
         counts.append(len(reads))
     assert counts[0] == counts[1] == counts[2] <= 2
+
+
+class Simulated:
+    """CUDA graphs on the CPU, for the loop's plumbing: capture records the function, replay runs
+    it again (a real capture records kernels and replays them without Python)."""
+
+    def __init__(self):
+        self.captures = self.replays = 0
+
+    @contextlib.contextmanager
+    def side_stream(self):
+        yield
+
+    def capture(self, fn, pool=None):
+        self.captures += 1
+        return fn, None
+
+    def pool(self, graph):
+        return None
+
+    def replay(self, fn):
+        self.replays += 1
+        fn()
+
+
+@pytest.fixture
+def simulated(monkeypatch):
+    """``--compile graph`` on the CPU with :class:`Simulated` graphs; yields them."""
+    made = []
+
+    def backend():
+        made.append(Simulated())
+        return made[-1]
+
+    monkeypatch.setattr(steps, "choose", lambda *args: ("graph", None))
+    monkeypatch.setattr(steps, "CudaGraphs", backend)
+    return made
+
+
+SMALL = dict(dataset="digits", epochs=2, batch_size=25, hidden=[16], z_dim=3, seed=2,
+             kl_schedule="linear", progress=False, figures=False)
+
+
+def test_the_graph_loop_drops_partial_batches_and_replays(tmp_path, simulated, single_thread):
+    run = train(limit=110, run_dir=tmp_path, **SMALL)  # 110 = 4 full batches of 25, and 10
+    (sim,) = simulated
+    assert (sim.captures, sim.replays) == (2, 2 * (8 - steps.WARMUP_STEPS))
+    assert [(r["step"], r["compile"]) for r in run.metrics] == [(4, "graph"), (8, "graph")]
+    assert run.metrics[-1]["train_loss"] < run.metrics[0]["train_loss"]
+
+
+def test_the_graph_loop_trains_like_the_eager_one_and_resumes_eagerly(tmp_path, simulated,
+                                                                      monkeypatch, single_thread):
+    # 100 examples in batches of 25: both loops take the same batches, beta changes every step
+    graph = train(limit=100, run_dir=tmp_path / "graph", **SMALL)
+    monkeypatch.undo()
+    eager = train(limit=100, run_dir=tmp_path / "eager", **SMALL)
+
+    def same(a, b):
+        for p, q in zip(a.vae.parameters(), b.vae.parameters(), strict=True):
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
+        assert a.metrics[-1]["test_elbo"] == pytest.approx(b.metrics[-1]["test_elbo"], rel=1e-5)
+
+    same(graph, eager)
+    kw = dict(resume=True, epochs=3, progress=False, figures=False)
+    resumed = train(run_dir=tmp_path / "graph", **kw)
+    assert [r["compile"] for r in resumed.metrics] == ["graph", "graph", "eager"]
+    same(resumed, train(run_dir=tmp_path / "eager", **kw))
+
+
+def test_a_nan_in_the_graph_loop_is_caught_at_the_next_check(tmp_path, simulated, monkeypatch,
+                                                             single_thread):
+    real = training.StaticELBO
+
+    class Poisoned(real):
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            Poisoned.calls += 1
+            loss = super().__call__(*args, **kwargs)
+            return loss * float("nan") if Poisoned.calls >= 5 else loss  # from step 5, epoch 2
+
+    monkeypatch.setattr(training, "StaticELBO", Poisoned)
+    monkeypatch.setattr(training, "CHECK_EVERY", 2)
+    with pytest.raises(TrainingDiverged, match=r"became nan at epoch 2, step 6.*epoch 1\) is intact"):
+        train(limit=100, run_dir=tmp_path, **{**SMALL, "epochs": 3})
+    assert torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)["epoch"] == 1
 
 
 @cuda
