@@ -192,7 +192,8 @@ def bench_processes(args) -> None:
     CPU one single-threaded process is added for scale.
     """
     cores = os.cpu_count() or 1
-    print(f"\n| data-parallel training ({args.device}), {args.epochs} epochs | threads per "
+    print(f"\n| data-parallel training ({args.device}), batch {args.dp_batch_size}, {args.epochs} "
+          "epochs | threads per "
           "process | seconds per epoch (median of epochs 2+) | samples / s | speed-up |")
     print("| --- | --- | --- | --- | --- |")
     base = None
@@ -205,7 +206,7 @@ def bench_processes(args) -> None:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={nproc}", "-m", "pyrovae", "train", "--no-progress",
                    "--dataset", "fashion-mnist", "--binarize", "static", "--epochs", str(args.epochs),
-                   "--batch-size", "256", "--device", args.device, "--seed", str(args.seed),
+                   "--batch-size", str(args.dp_batch_size), "--device", args.device, "--seed", str(args.seed),
                    "--estimator", args.estimator, "--out", tmp]
             if args.data_dir:
                 cmd += ["--data-dir", args.data_dir]
@@ -232,6 +233,8 @@ def main():
                    help="pyrovae's objective (the reference is always the one-sample ELBO)")
     p.add_argument("--processes", type=lambda s: [int(n) for n in s.split(",")], default=[1, 2],
                    help="process counts for the data-parallel section (default 1,2)")
+    p.add_argument("--dp-batch-size", type=int, default=256,
+                   help="global batch of the data-parallel section (default 256)")
     p.add_argument("--sections", default="training,iwae,processes",
                    help="comma-separated: training, iwae, processes")
     args = p.parse_args()

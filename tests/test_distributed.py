@@ -109,3 +109,31 @@ def test_a_half_set_environment_names_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(PyrovaeError, match="WORLD_SIZE='two' is not a whole number"):
         setup("cpu")
+
+
+def test_gradient_sum_gathers_fresh_gradients_and_writes_them_back(tmp_path):
+    """The copy path (a CUDA graph's backward makes its own .grad tensors), in a one-rank Gloo
+    group posing as two ranks: the sum over one rank must leave every value as it was."""
+    import torch.distributed as dist
+
+    from pyrovae.distributed import GradientSum
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                            world_size=1)
+    try:
+        net = torch.nn.Linear(3, 2)
+        grad_sum = GradientSum(Context(rank=0, world_size=2), net.parameters())
+        assert net.weight.grad is grad_sum.views[0]  # gradients live in the flat buffer
+        net(torch.ones(4, 3)).sum().backward()  # accumulates in place, into the buffer
+        want = [p.grad.clone() for p in net.parameters()]
+        assert float(grad_sum(torch.tensor(2.5))) == 2.5
+        assert all(torch.equal(p.grad, w) for p, w in zip(net.parameters(), want, strict=True))
+
+        net.weight.grad, net.bias.grad = torch.full((2, 3), 7.0), None  # fresh tensors, one missing
+        grad_sum(torch.tensor(1.0))
+        assert torch.equal(net.weight.grad, torch.full((2, 3), 7.0))
+        assert torch.equal(net.bias.grad, torch.zeros(2))
+        grad_sum.zero()
+        assert net.weight.grad is grad_sum.views[0] and not net.weight.grad.any()
+    finally:
+        dist.destroy_process_group()

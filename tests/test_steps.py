@@ -66,10 +66,14 @@ def test_cli_graph_on_cpu_and_auto_fallback(tmp_path, capsys, single_thread):
 
 
 @pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("kind", ["vae", "dae", "gaussian-conv"])
+@pytest.mark.parametrize("kind", ["vae", "dae", "gaussian-conv", "continuous-bernoulli", "laplace"])
 def test_the_captured_part_of_the_step_reads_nothing_on_the_host(spec, kind, forbid_host_sync):
     if kind == "gaussian-conv":
         vae = VAE((1, 8, 8), z_dim=3, hidden=[8], net="conv", likelihood="gaussian")
+        x = torch.rand(5, 1, 8, 8)
+    elif kind in ("continuous-bernoulli", "laplace"):
+        scale = 0.2 if kind == "laplace" else None
+        vae = VAE((1, 8, 8), z_dim=3, hidden=[8], likelihood=kind, obs_scale=scale)
         x = torch.rand(5, 1, 8, 8)
     else:
         vae = VAE((1, 8, 8), z_dim=3, hidden=[8], model=kind)
@@ -91,6 +95,14 @@ def test_the_guard_catches_pyros_host_reads(forbid_host_sync):
     x = torch.bernoulli(torch.rand(5, 1, 8, 8))
     with forbid_host_sync(), pytest.raises(HostSync, match="host synchronisation"):
         make_elbo("trace").loss_and_grads(vae.model, vae.guide, x)  # Pyro reads the loss
+
+
+def test_log_likelihood_reads_nothing_on_the_host(forbid_host_sync):
+    vae = VAE((1, 8, 8), z_dim=3, hidden=[8])
+    x = torch.bernoulli(torch.rand(40, 1, 8, 8))
+    with forbid_host_sync():
+        out = log_likelihood(vae, x, k=50, max_elements=64 * 50 * 3)  # several chunks
+    assert out.shape == (40,) and torch.isfinite(out).all()
 
 
 def test_held_out_evaluation_reads_the_host_once_whatever_the_batching(monkeypatch):
