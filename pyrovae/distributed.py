@@ -81,7 +81,12 @@ def setup(device: str) -> Context:
 
 def device_name(ctx: Context, device: str) -> str:
     """``cuda`` means this rank's own GPU (``cuda:LOCAL_RANK``) when several processes run."""
-    return f"cuda:{ctx.local_rank}" if ctx.active and device == "cuda" else device
+    if not ctx.active or not device.startswith("cuda"):
+        return device
+    if device != "cuda":
+        raise PyrovaeError(f"--device {device} under torchrun: every process takes its own GPU, "
+                           "cuda:LOCAL_RANK; pass --device cuda")
+    return f"cuda:{ctx.local_rank}"
 
 
 def teardown(ctx: Context) -> None:

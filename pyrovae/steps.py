@@ -20,6 +20,7 @@ falls back to eager.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,21 +86,28 @@ class CudaGraphs:
     tensors are static, refreshed in place by every ``replay(graph)``.
     """
 
-    def __init__(self):
-        self.stream: torch.cuda.Stream | None = None
+    def __init__(self, device: torch.device | None = None):
+        self.device = device
+        self.stream: torch.cuda.Stream | None = None  # warm-up and capture, on the run's GPU
+
+    def _stream(self) -> torch.cuda.Stream:
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=self.device)
+        return self.stream
 
     @contextlib.contextmanager
     def side_stream(self) -> Iterator[None]:
-        if self.stream is None:
-            self.stream = torch.cuda.Stream()
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
+        stream = self._stream()
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), warnings.catch_warnings():
+            # warm-up steps run the capturable optimizer outside capture, on purpose
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
             yield
-        torch.cuda.current_stream().wait_stream(self.stream)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
 
     def capture(self, fn: Callable[[], Any], pool: Any = None) -> tuple[torch.cuda.CUDAGraph, Any]:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool, stream=self._stream()):
             output = fn()
         return graph, output
 
@@ -124,9 +132,9 @@ class GraphStep:
     host_loss = False
 
     def __init__(self, loss_fn: LossFn, optimizer: torch.optim.Optimizer, grad_sum: GradientSum,
-                 graphs: CudaGraphs | None = None):
+                 graphs: CudaGraphs | None = None, device: torch.device | None = None):
         self.loss_fn, self.optimizer, self.grad_sum = loss_fn, optimizer, grad_sum
-        self.graphs = graphs or CudaGraphs()
+        self.graphs = graphs or CudaGraphs(device)
         self.calls = 0
         self.captured: tuple[Any, Any] | None = None  # (gradient graph, update graph)
         self.static_x: torch.Tensor | None = None

@@ -7,6 +7,7 @@ notebooks all call :func:`train`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -164,6 +165,9 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         raise PyrovaeError(f"--compile graph trains on full batches only, and the {len(data.train_x)} "
                            f"training examples do not fill one --batch-size {config.batch_size}: use a "
                            "smaller --batch-size or --compile eager")
+    if mode == "graph" and config.batch_size < ctx.world_size:
+        raise PyrovaeError(f"--compile graph needs every rank to get examples: --batch-size "
+                           f"{config.batch_size} is below the {ctx.world_size} processes")
     if why is not None and ctx.is_main:
         print(f"pyrovae: --compile auto trains eagerly: {why}", file=sys.stderr)
     capturable = mode == "graph" and device.type == "cuda"
@@ -190,7 +194,9 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         run_dir = None  # only rank 0 writes
     run = Run(vae, data, config, runs.read_metrics(run_dir) if ckpt and run_dir else [], run_dir,
               schedule, compile=mode, world_size=ctx.world_size)
-    with pyro.get_param_store().scope():  # no names leak into (or from) other models' params
+    # CUDA streams, graphs and the default generator belong to the current device: make it ours
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with pyro.get_param_store().scope(), on_device:  # no param names leak into other models
         fit(run, optimizer, ckpt, progress and ctx.is_main, ctx)
     if figures and run_dir is not None:
         from .report import save_run_figures
@@ -235,7 +241,7 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, ckpt: dict | None = None,
     if run.compile == "graph":
         loss_fn = StaticELBO(config.estimator, config.particles)
         step_fn = steps.GraphStep(lambda x, beta: loss_fn(vae.model, vae.guide, x, beta),
-                                  optimizer, grad_sum)
+                                  optimizer, grad_sum, device=device)
     else:
         elbo = make_elbo(config.estimator, config.particles)
         step_fn = steps.EagerStep(vae.model, vae.guide, elbo, optimizer, grad_sum)

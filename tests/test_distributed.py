@@ -137,3 +137,14 @@ def test_gradient_sum_gathers_fresh_gradients_and_writes_them_back(tmp_path):
         assert net.weight.grad is grad_sum.views[0] and not net.weight.grad.any()
     finally:
         dist.destroy_process_group()
+
+
+def test_each_rank_takes_its_own_gpu():
+    from pyrovae.distributed import device_name
+
+    ctx = Context(rank=1, world_size=2, local_rank=1)
+    assert device_name(ctx, "cuda") == "cuda:1"
+    assert device_name(ctx, "cpu") == "cpu"
+    assert device_name(Context(), "cuda:3") == "cuda:3"
+    with pytest.raises(PyrovaeError, match="pass --device cuda"):
+        device_name(ctx, "cuda:0")

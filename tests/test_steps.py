@@ -153,7 +153,7 @@ def simulated(monkeypatch):
     """``--compile graph`` on the CPU with :class:`Simulated` graphs; yields them."""
     made = []
 
-    def backend():
+    def backend(device=None):
         made.append(Simulated())
         return made[-1]
 
