@@ -264,3 +264,9 @@ def test_compile_graph_trains_and_resumes_on_cuda(tmp_path):
     cpu = train(run_dir=tmp_path, resume=True, epochs=4, device="cpu", compile="eager",
                 progress=False, figures=False)
     assert cpu.metrics[-1]["compile"] == "eager"
+
+
+def test_an_unknown_compile_mode_is_refused_before_training(tmp_path):
+    with pytest.raises(PyrovaeError, match="--compile must be eager, graph or auto, got 'fast'"):
+        train(dataset="digits", limit=50, epochs=1, compile="fast", run_dir=tmp_path)
+    assert not (tmp_path / runs.CHECKPOINT).exists()
