@@ -159,14 +159,6 @@ class GradientSum:
                     p.grad.copy_(view)
         return self.flat[-1]
 
-    def sum(self, value: float, device: torch.device) -> float:
-        """A number added up over all ranks (host side; for per-epoch totals)."""
-        if not self.ctx.active:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return float(t)
-
 
 def _env_int(name: str, default: int) -> int:
     try:

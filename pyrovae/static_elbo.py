@@ -31,7 +31,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
 
 from .errors import PyrovaeError
-from .estimators import path_scale, require_reparameterized
+from .estimators import _align, _sum_keepdim, path_scale, require_reparameterized
 from .objectives import make_elbo
 from .vae import VAE
 
@@ -84,19 +84,6 @@ def _log_prob(site: dict, value: torch.Tensor | None = None) -> torch.Tensor:
 def _score(site: dict) -> torch.Tensor:
     """Scaled ``log q(stop_grad(z))``: its gradient is the score term of ``q`` at fixed ``z``."""
     return _log_prob(site, site["value"].detach())
-
-
-def _sum_keepdim(tensor: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    dims = [d for d in dims if -tensor.dim() <= d]
-    return tensor.sum(dims, keepdim=True) if dims else tensor
-
-
-def _align(weight: torch.Tensor, site: dict) -> torch.Tensor:
-    """Drop leading size-1 dims of per-particle weights so they right-align with the site."""
-    batch_dim = len(site["fn"].batch_shape)
-    while weight.dim() > batch_dim and weight.shape[0] == 1:
-        weight = weight.squeeze(0)
-    return weight
 
 
 class StaticELBO:

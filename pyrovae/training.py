@@ -154,12 +154,6 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
            figures: bool) -> Run:
     device = resolve_device(distributed.device_name(ctx, config.device))
     data = prepare_data(config, data).to(device)
-    pyro.set_rng_seed(config.seed)  # the network's initial weights depend on the seed alone
-    vae = build_vae(config, data.shape).to(device)
-    distributed.broadcast_parameters(ctx, vae.state_dict().values())
-    if config.binarize == "none":
-        vae.likelihood.check(data.train_x, "training data")
-        vae.likelihood.check(data.test_x, "held-out data")
     mode, why = steps.choose(config.compile, device, config.estimator, config.particles)
     if mode == "graph" and len(data.train_x) < config.batch_size:
         raise PyrovaeError(f"--compile graph trains on full batches only, and the {len(data.train_x)} "
@@ -168,6 +162,12 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
     if mode == "graph" and config.batch_size < ctx.world_size:
         raise PyrovaeError(f"--compile graph needs every rank to get examples: --batch-size "
                            f"{config.batch_size} is below the {ctx.world_size} processes")
+    pyro.set_rng_seed(config.seed)  # the network's initial weights depend on the seed alone
+    vae = build_vae(config, data.shape).to(device)
+    distributed.broadcast_parameters(ctx, vae.state_dict().values())
+    if config.binarize == "none":
+        vae.likelihood.check(data.train_x, "training data")
+        vae.likelihood.check(data.test_x, "held-out data")
     if why is not None and ctx.is_main:
         print(f"pyrovae: --compile auto trains eagerly: {why}", file=sys.stderr)
     capturable = mode == "graph" and device.type == "cuda"

@@ -270,3 +270,18 @@ def test_an_unknown_compile_mode_is_refused_before_training(tmp_path):
     with pytest.raises(PyrovaeError, match="--compile must be eager, graph or auto, got 'fast'"):
         train(dataset="digits", limit=50, epochs=1, compile="fast", run_dir=tmp_path)
     assert not (tmp_path / runs.CHECKPOINT).exists()
+
+
+def test_graph_mode_refuses_data_that_fill_no_full_batch(tmp_path, simulated):
+    with pytest.raises(PyrovaeError, match="the 30 training examples do not fill one --batch-size "
+                                           "40: use a smaller --batch-size or --compile eager"):
+        train(dataset="digits", limit=30, epochs=1, batch_size=40, run_dir=tmp_path)
+    assert not (tmp_path / runs.CHECKPOINT).exists()
+
+
+def test_graph_mode_refuses_a_batch_smaller_than_the_process_count(tmp_path, simulated,
+                                                                   monkeypatch):
+    monkeypatch.setattr(training.distributed, "setup", lambda device: Context(0, 4))
+    with pytest.raises(PyrovaeError, match="--batch-size 3 is below the 4 processes"):
+        train(dataset="digits", limit=30, epochs=1, batch_size=3, run_dir=tmp_path)
+    assert not (tmp_path / runs.CHECKPOINT).exists()
