@@ -28,7 +28,7 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae.compare import train_budget
+from pyrovae.experiments.compare import train_budget
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,8 @@ import time
 import pyro
 import torch
 
-from pyrovae.toy import ESTIMATORS, BernoulliToy, em, exact, fit_toy, sample_data
+from pyrovae.experiments.toy import ESTIMATORS, BernoulliToy, em, exact, fit_toy, sample_data
+from pyrovae.infer.registry import make_elbo
 
 
 def gradient_samples(
@@ -27,8 +28,8 @@ def gradient_samples(
 ) -> torch.Tensor:
     """``(repeats, 2)`` gradients of the loss w.r.t. ``logit p`` and the guide weight ``w``."""
     est = ESTIMATORS[name]
-    toy = BernoulliToy(p_init=p, sigma=sigma, guide_init=(w, b))
-    guide, elbo = est.wrap_guide(toy.guide), est.make_elbo()
+    toy = BernoulliToy(p_init=p, sigma=sigma, guide_init=(w, b), baseline=est.baseline)
+    guide, elbo = toy.guide, make_elbo(est.spec, max_plate_nesting=1)
     out = []
     with pyro.get_param_store().scope():
         store = pyro.get_param_store()

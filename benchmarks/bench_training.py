@@ -4,14 +4,19 @@ Both: Fashion-MNIST (statically binarized once, the same draw for both), 784-400
 softplus, Bernoulli likelihood from logits, one-sample Monte Carlo ELBO (Trace_ELBO's estimator),
 batch 256, Adam 1e-3, batches sliced from a permuted in-memory index. Prints, side by side,
 seconds per training epoch and held-out ELBO of the hand-written loop, pyrovae eager and (on a
-GPU) pyrovae with the step captured as a CUDA graph (``--compile graph``), with their ratios;
+GPU) pyrovae with the step captured as a CUDA graph (``--compile graph``), with their ratios. The
+hand-written loop runs twice: with PyTorch's default Adam, and with the fused Adam pyrovae uses
+(equal work: the ratio to that one is the cost of the Pyro program and its traces);
 then times the importance-sampled log p(x) (K samples on the test images) of
 ``pyrovae.log_likelihood`` against a vectorized hand-written one; then (``--processes``) launches
 ``torchrun -m pyrovae train`` with 1 and 2 processes and prints training samples per second
 (Gloo on the CPU, NCCL on GPUs).
 
     python benchmarks/bench_training.py [--epochs 5] [--iwae-k 1000] [--iwae-n 10000]
-        [--device cpu|cuda] [--processes 1,2] [--sections training,iwae,processes]
+        [--device cpu|cuda] [--processes 1,2] [--sections training,iwae,processes,compile]
+
+``compile`` times one training step of pyrovae's loss (``elbo.differentiable_loss``) eagerly and under
+``torch.compile``, after warm-up, and prints the compile time and graph breaks.
 
 Data: ``--data-dir`` or ``$PYROVAE_DATA_DIR`` (e.g. ../shared/data), else torchvision's download.
 """
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyrovae
-from pyrovae.evaluation import MAX_ELEMENTS
+from pyrovae.evaluation.metrics import MAX_ELEMENTS
 
 
 class HandVAE(nn.Module):
@@ -99,12 +104,12 @@ def sync(device):
 
 
 class HandTrainer:
-    """The hand-written training loop, one epoch per call."""
+    """The hand-written training loop, one epoch per call; ``fused``: the Adam kernel pyrovae uses."""
 
-    def __init__(self, data, device, seed):
+    def __init__(self, data, device, seed, fused=False):
         torch.manual_seed(seed)
         self.vae = HandVAE().to(device)
-        self.opt = torch.optim.Adam(self.vae.parameters(), lr=1e-3)
+        self.opt = torch.optim.Adam(self.vae.parameters(), lr=1e-3, fused=fused or None)
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.data, self.device = data, device
 
@@ -127,13 +132,15 @@ def bench_training(args, data, device) -> tuple[pyrovae.Run, HandVAE]:
     # Epochs alternate (hand-written, then pyrovae resumed from its checkpoint for one more epoch),
     # so that machine noise hits both alike; pyrovae's time is its own `seconds` metric.
     hand = HandTrainer(data, device, args.seed)
+    fused = HandTrainer(data, device, args.seed, fused=True)
     config = dict(dataset="fashion-mnist", data=data, binarize="none", likelihood="bernoulli",
                   net="mlp", hidden=[400], z_dim=50, batch_size=256, lr=1e-3, seed=args.seed,
                   device=args.device, estimator=args.estimator, progress=False, figures=False)
-    hand_times = []
+    hand_times, fused_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for epoch in range(1, args.epochs + 1):
             hand_times.append(hand.epoch())
+            fused_times.append(fused.epoch())
             if epoch == 1:
                 run = pyrovae.train(run_dir=tmp, epochs=1, **config)
             else:
@@ -144,27 +151,86 @@ def bench_training(args, data, device) -> tuple[pyrovae.Run, HandVAE]:
     if device.type == "cuda":  # one continuous run: each resume would capture again
         graph = pyrovae.train(epochs=args.epochs, compile="graph", **config)
     th, tp = statistics.median(hand_times), statistics.median(pyro_times)
+    tf = statistics.median(fused_times)
     torch.manual_seed(1)
     elbo_hand = hand.vae.held_out_elbo(data.test_x)
-    print("\n| training, one epoch | seconds (median) | ratio to hand-written | held-out ELBO (nats) |")
-    print("| --- | --- | --- | --- |")
-    print(f"| hand-written PyTorch, eager | {th:.3f} | 1 | {elbo_hand:.2f} |")
-    print(f"| pyrovae eager (--estimator {args.estimator}) | {tp:.3f} | **{tp / th:.3f}** | "
-          f"{run.metrics[-1]['test_elbo']:.2f} |")
+    torch.manual_seed(1)
+    elbo_fused = fused.vae.held_out_elbo(data.test_x)
+    print("\n| training, one epoch | seconds (median) | ratio to hand-written, default Adam | "
+          "ratio to hand-written, fused Adam (equal work) | held-out ELBO (nats) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| hand-written PyTorch, default Adam | {th:.3f} | 1 | {th / tf:.3f} | {elbo_hand:.2f} |")
+    print(f"| hand-written PyTorch, fused Adam | {tf:.3f} | {tf / th:.3f} | 1 | {elbo_fused:.2f} |")
+    print(f"| pyrovae eager (--estimator {args.estimator}) | {tp:.3f} | {tp / th:.3f} | "
+          f"**{tp / tf:.3f}** | {run.metrics[-1]['test_elbo']:.2f} |")
     if graph is not None:
         times = [r["seconds"] for r in graph.metrics]
         tg = statistics.median(times[1:] or times)  # epoch 1 includes warm-up and capture
-        print(f"| pyrovae --compile graph | {tg:.3f} | **{tg / th:.3f}** | "
+        print(f"| pyrovae --compile graph | {tg:.3f} | {tg / th:.3f} | **{tg / tf:.3f}** | "
               f"{graph.metrics[-1]['test_elbo']:.2f} |")
         print(f"graph epoch times (the first includes capture): {[round(t, 3) for t in times]}")
     else:
         print("(pyrovae --compile graph needs a CUDA device: not run on", device, ")")
-    ratios = [p / h for p, h in zip(pyro_times, hand_times, strict=True)]
-    print(f"per-epoch ratios eager/hand: {[round(r, 3) for r in ratios]}, median "
-          f"{statistics.median(ratios):.3f}")
-    print(f"epoch times: hand {[round(t, 3) for t in hand_times]}, "
-          f"pyrovae eager {[round(t, 3) for t in pyro_times]}")
+    ratios = [p / h for p, h in zip(pyro_times, fused_times, strict=True)]
+    print(f"per-epoch ratios pyrovae eager / hand-written fused: {[round(r, 3) for r in ratios]}, "
+          f"median {statistics.median(ratios):.3f}")
+    print(f"epoch times: hand default {[round(t, 3) for t in hand_times]}, hand fused "
+          f"{[round(t, 3) for t in fused_times]}, pyrovae eager {[round(t, 3) for t in pyro_times]}")
     return run, hand.vae
+
+
+def bench_compile(args, data, device) -> None:
+    """One step of pyrovae's loss and backward, eager against ``torch.compile``: median seconds."""
+    import torch._dynamo
+
+    from pyrovae.infer.beta import KLWeight
+    from pyrovae.infer.registry import make_elbo
+
+    vae = pyrovae.VAE((1, 28, 28), z_dim=50, hidden=[400]).to(device)
+    elbo = make_elbo(args.estimator, max_plate_nesting=1)
+    beta = torch.ones((), device=device)
+    model, guide = KLWeight(beta)(vae.model), KLWeight(beta)(vae.guide)
+    x = data.train_x[:256]
+
+    def step():
+        loss = elbo.differentiable_loss(model, guide, x)
+        loss.backward()
+        for p in vae.parameters():
+            p.grad = None
+        return loss
+
+    def timed(fn, n=30):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(n):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    import pyro
+
+    with pyro.get_param_store().scope(), pyro.validation_enabled(False):
+        eager = timed(step)
+        torch._dynamo.reset()
+        compiled = torch.compile(step)
+        t0 = time.perf_counter()
+        compiled()
+        first = time.perf_counter() - t0
+        explain = torch._dynamo.explain(step)()
+        fast = timed(compiled)
+    print(f"\n| one step (loss + backward, batch 256, {args.estimator}) | seconds (median of 30) | ratio |")
+    print("| --- | --- | --- |")
+    print(f"| pyrovae eager | {eager * 1e3:.2f} ms | 1 |")
+    print(f"| pyrovae under torch.compile | {fast * 1e3:.2f} ms | {fast / eager:.3f} |")
+    print(f"torch.compile: first call {first:.1f} s, {explain.graph_count} graphs, "
+          f"{explain.graph_break_count} graph breaks")
+    reasons = sorted({str(b.reason).splitlines()[0][:100] for b in explain.break_reasons})
+    for reason in reasons[:8]:
+        print(f"  break: {reason}")
 
 
 def bench_iwae(args, data, device, run, hand) -> None:
@@ -235,8 +301,8 @@ def main():
                    help="process counts for the data-parallel section (default 1,2)")
     p.add_argument("--dp-batch-size", type=int, default=256,
                    help="global batch of the data-parallel section (default 256)")
-    p.add_argument("--sections", default="training,iwae,processes",
-                   help="comma-separated: training, iwae, processes")
+    p.add_argument("--sections", default="training,iwae,processes,compile",
+                   help="comma-separated: training, iwae, processes, compile")
     args = p.parse_args()
     sections = set(args.sections.split(","))
     device = torch.device(args.device)
@@ -252,6 +318,8 @@ def main():
         run, hand = bench_training(args, data, device)
         if "iwae" in sections and args.iwae_k > 0:
             bench_iwae(args, data, device, run, hand)
+    if "compile" in sections:
+        bench_compile(args, data, device)
     if "processes" in sections:
         bench_processes(args)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import PyrovaeError
+from pyrovae.errors import PyrovaeError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"

@@ -32,7 +32,7 @@ def single_thread():
 
 @pytest.fixture(scope="session")
 def digits():
-    from pyrovae.data import load_dataset
+    from pyrovae.data.datasets import load_dataset
 
     return load_dataset("digits")
 

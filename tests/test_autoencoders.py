@@ -6,10 +6,13 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
+import pyrovae
 from pyrovae.errors import PyrovaeError
-from pyrovae.evaluation import elbo_terms, log_likelihood
-from pyrovae.training import build_vae, train
-from pyrovae.vae import VAE
+from pyrovae.evaluation.metrics import elbo_terms, log_likelihood
+from pyrovae.infer.beta import KLWeight
+from pyrovae.models.registry import build_model
+from pyrovae.models.vae import VAE, AutoEncoder, DenoisingAutoEncoder
+from pyrovae.train.loop import build_vae, train
 
 GREY = dict(dataset="digits", binarize="none", likelihood="gaussian", obs_scale=0.1, epochs=8,
             hidden=[64], z_dim=4)
@@ -28,16 +31,19 @@ def fitted(digits):
 
 def test_ae_loss_is_the_reconstruction_log_likelihood():
     torch.manual_seed(0)
-    vae = VAE((1, 8, 8), z_dim=3, hidden=[16], model="ae", likelihood="bernoulli")
+    vae = AutoEncoder((1, 8, 8), z_dim=3, hidden=[16], likelihood="bernoulli")
     x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.5))
     loss = Trace_ELBO().loss(vae.model, vae.guide, x)
     loc, _ = vae.encoder(x)
     expected = -vae.likelihood.distribution(vae.decoder(loc)).log_prob(x).sum()
     assert loss == pytest.approx(expected.item(), rel=1e-5)
     # beta has no effect: there is no prior term
-    assert Trace_ELBO().loss(vae.model, vae.guide, x, 5.0) == pytest.approx(loss, rel=1e-6)
+    assert Trace_ELBO().loss(KLWeight(5.0)(vae.model), KLWeight(5.0)(vae.guide), x) \
+        == pytest.approx(loss, rel=1e-6)
     tr = poutine.trace(vae.guide).get_trace(x)
     assert type(tr.nodes["latent"]["fn"].base_dist).__name__ == "Delta"
+    assert tr.nodes["latent"]["mask"] is False  # no prior term: the latent is weighted 0
+    assert isinstance(vae, VAE) and vae.spec["model"] == "ae"
 
 
 def test_ae_and_dae_reduce_reconstruction_error(digits, fitted):
@@ -58,7 +64,8 @@ def test_dae_reconstructs_noisy_inputs_better_than_the_ae(fitted):
 
 
 def test_dae_corrupts_only_while_training():
-    vae = VAE((1, 8, 8), z_dim=3, hidden=[16], model="dae", noise="mask:0.5")
+    vae = DenoisingAutoEncoder((1, 8, 8), z_dim=3, hidden=[16], noise="mask:0.5")
+    assert vae.spec["model"] == "dae" and vae.spec["noise"] == "mask:0.5"
     x = torch.rand(4, 1, 8, 8)
     vae.eval()
     a = poutine.trace(vae.guide).get_trace(x).nodes["latent"]["value"]
@@ -71,23 +78,33 @@ def test_dae_corrupts_only_while_training():
 
 
 def test_point_codes_have_zero_scale_and_no_likelihood_bound():
-    vae = VAE((1, 8, 8), z_dim=3, hidden=[16], model="ae")
+    vae = AutoEncoder((1, 8, 8), z_dim=3, hidden=[16])
     x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.5))
-    loc, scale = vae.encode(x)
-    assert torch.equal(scale, torch.zeros_like(loc))
+    loc, scale = pyrovae.encode(vae, x)
+    assert loc.shape == (5, 3) and torch.equal(scale, torch.zeros_like(loc))
+    assert torch.equal(loc, vae.encoder(x)[0])
     terms = elbo_terms(vae, x)
     assert terms["elbo"] is None and terms["recon"] < 0
-    with pytest.raises(PyrovaeError, match="auto-encoder .* defines no likelihood"):
+    with pytest.raises(PyrovaeError, match=r"an auto-encoder\): it defines no likelihood"):
         log_likelihood(vae, x, k=10)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(model="dae", noise="gaussian:-0.1"), "noise level must be >= 0"),
-    (dict(model="dae", noise="salt:0.1"), "unknown --noise 'salt:0.1'"),
-    (dict(model="dae", noise="mask:1.5"), "below 1"),
-    (dict(model="vae", noise="gaussian:0.1"), "--noise applies to --model dae only"),
-    (dict(model="pca"), "unknown --model 'pca'"),
+@pytest.mark.parametrize("name,noise,match", [
+    ("dae", "gaussian:-0.1", "noise level must be >= 0"),
+    ("dae", "salt:0.1", "unknown --noise 'salt:0.1'"),
+    ("dae", "mask:1.5", "below 1"),
+    ("vae", "gaussian:0.1", r"noise \(--noise\) applies to the model 'dae' only, not 'vae'"),
+    ("ae", "gaussian:0.1", "applies to the model 'dae' only, not 'ae'"),
+    ("pca", None, "unknown model 'pca'"),
 ])
-def test_bad_auto_encoder_arguments(kwargs, match):
+def test_bad_auto_encoder_arguments(name, noise, match):
     with pytest.raises(PyrovaeError, match=match):
-        VAE((1, 8, 8), z_dim=3, hidden=[16], **kwargs)
+        build_model(name, (1, 8, 8), 3, [16], "mlp", "bernoulli", None, noise)
+
+
+def test_vae_takes_no_model_or_noise_arguments():
+    for kwargs in (dict(model="ae"), dict(noise="gaussian:0.1")):
+        with pytest.raises(TypeError):
+            VAE((1, 8, 8), z_dim=3, hidden=[16], **kwargs)
+    with pytest.raises(PyrovaeError, match="noise level must be >= 0"):
+        DenoisingAutoEncoder((1, 8, 8), z_dim=3, hidden=[16], noise="gaussian:-0.1")

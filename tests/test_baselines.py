@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.baselines import compare_models
+from pyrovae.experiments.baselines import compare_models
 from pyrovae.cli import main
 from pyrovae.errors import PyrovaeError
 

@@ -4,9 +4,13 @@ import json
 import subprocess
 import sys
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
 
+import pyrovae
 from pyrovae.cli import main
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--limit", "200", "--hidden", "32", "--z-dim",
@@ -84,3 +88,35 @@ def test_python_dash_m_and_help():
                  "--z-dim", "--epochs", "--batch-size", "--lr", "--seed", "--device", "--out",
                  "--resume"):
         assert flag in done.stdout
+
+
+class TinyUserVAE(nn.Module):
+    """A user's model: the command line cannot rebuild it, so it must say so in one line."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(64, 4), nn.Linear(2, 64)
+
+    def model(self, x):
+        pyro.module("dec", self.dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.dec(z)).to_event(1), obs=x.flatten(1))
+
+    def guide(self, x):
+        pyro.module("enc", self.enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = self.enc(x.flatten(1)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def test_a_user_models_run_is_refused_by_the_commands_in_one_line(tmp_path, capsys, digits):
+    run = tmp_path / "user"
+    pyrovae.train(model=TinyUserVAE(), data=digits.subset(64, 16), epochs=1, binarize="dynamic",
+                  run_dir=run, progress=False, figures=False)
+    for argv in (["evaluate", str(run)], ["sample", str(run)],
+                 ["train", "--resume", str(run), "--epochs", "2", "--no-progress"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "user model" in err and "TinyUserVAE" in err, err

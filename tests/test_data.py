@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.data import binarize, check_binarize_mode, data_search_path, load_dataset
+from pyrovae.data.datasets import binarize, check_binarize_mode, data_search_path, load_dataset
 from pyrovae.errors import PyrovaeError
 
 from .conftest import real_data_dir
@@ -101,7 +101,7 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "FashionMNIST", offline)
     monkeypatch.setenv("PYROVAE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("PYROVAE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("pyrovae.data.DEBIAN_DATASETS", tmp_path / "debian")
+    monkeypatch.setattr("pyrovae.data.datasets.DEBIAN_DATASETS", tmp_path / "debian")
     with pytest.raises(PyrovaeError, match="download .* failed .*network unreachable"):
         load_dataset("fashion-mnist", download=True)
 

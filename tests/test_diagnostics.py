@@ -6,9 +6,11 @@ import pyro
 import pytest
 import torch
 
-from pyrovae.diagnostics import gradient_draws, gradient_stats
-from pyrovae.linear_gaussian import closed_form_elbo, exact_guide, make_problem
-from pyrovae.objectives import make_elbo
+import pyrovae
+from pyrovae.evaluation.diagnostics import gradient_draws, gradient_stats, param_groups
+from pyrovae.infer.registry import make_elbo
+from pyrovae.models.linear_gaussian import closed_form_elbo, exact_guide, make_problem
+from pyrovae.models.vae import VAE
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +33,7 @@ def _setup(posterior=False):
 
 def test_stats_are_computed_from_the_draws_as_documented():
     model, guide, x, groups = _setup()
-    elbo = make_elbo("trace", 4)
+    elbo = make_elbo("trace", 4, max_plate_nesting=1)
     stats = gradient_stats(elbo, model.model, guide.guide, (x,), {}, groups, draws=30, seed=5)
     samples, _ = gradient_draws(elbo, model.model, guide.guide, (x,), {}, groups, 30, seed=5)
     for name, g in samples.items():
@@ -70,7 +72,7 @@ def test_no_side_effects_and_reproducible():
     torch.manual_seed(42)
     expected_next = torch.rand(3)
     torch.manual_seed(42)
-    elbo = make_elbo("dreg:4")
+    elbo = make_elbo("dreg:4", max_plate_nesting=1)
     a = gradient_stats(elbo, model.model, guide.guide, (x,), {}, groups, draws=5, seed=1)
     assert torch.equal(torch.rand(3), expected_next)
     for p, b, s in zip(params, before, sentinels, strict=True):
@@ -79,6 +81,45 @@ def test_no_side_effects_and_reproducible():
     c = gradient_stats(elbo, model.model, guide.guide, (x,), {}, groups, draws=5, seed=2)
     assert a["encoder"] == b["encoder"] and a["decoder"] == b["decoder"]
     assert a["encoder"]["variance"] != c["encoder"]["variance"]
+
+
+@pytest.mark.parametrize("spec", ["trace:", "dreg:4", "iwae:1"])
+def test_a_fresh_estimator_draws_like_a_used_one(spec):
+    """The same seed gives the same draws whether or not the ELBO object ran before (make_elbo's
+    default max_plate_nesting=None lets Pyro guess the nesting from a first, random, trace)."""
+    model, guide, x, groups = _setup()
+    spec, particles = (spec[:-1], 4) if spec.endswith(":") else (spec, 1)
+    elbo = make_elbo(spec, particles)
+    first = gradient_stats(elbo, model.model, guide.guide, (x,), {}, groups, draws=5, seed=1)
+    again = gradient_stats(elbo, model.model, guide.guide, (x,), {}, groups, draws=5, seed=1)
+    fresh = gradient_stats(make_elbo(spec, particles, max_plate_nesting=1), model.model, guide.guide,
+                           (x,), {}, groups, draws=5, seed=1)
+    for group in ("encoder", "decoder"):
+        assert first[group] == again[group] == fresh[group], group
+
+
+def test_param_groups_split_guide_and_model_tensors():
+    model, guide, x, _ = _setup()
+
+    class Pair:
+        def model(self, x):
+            model.model(x)
+
+        def guide(self, x):
+            guide.guide(x)
+
+    groups = param_groups(Pair(), (x,))
+    assert {id(p) for p in groups["guide"]} == {id(p) for p in guide.parameters()}
+    assert {id(p) for p in groups["model"]} == {id(p) for p in model.parameters()}
+    vae = VAE((1, 8, 8), z_dim=3, hidden=[16], likelihood="gaussian")  # learned scale: a model param
+    groups = pyrovae.param_groups(vae, (torch.rand(4, 1, 8, 8),))
+    assert {id(p) for p in groups["guide"]} == {id(p) for p in vae.encoder.parameters()}
+    assert {id(p) for p in groups["model"]} == {id(p) for p in [*vae.decoder.parameters(),
+                                                                 *vae.likelihood.parameters()]}
+    stats = gradient_stats(make_elbo("trace"), vae.model, vae.guide, (torch.rand(4, 1, 8, 8),), {},
+                           groups, draws=3)
+    assert stats["guide"]["coordinates"] == sum(p.numel() for p in vae.encoder.parameters())
+    assert stats["model"]["mean_norm"] > 0
 
 
 def test_unused_parameters_are_left_out_of_snr_and_draws_checked():

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from pyrovae import runs
-from pyrovae.distributed import Context, setup
+from pyrovae.train.distributed import Context, setup
 from pyrovae.errors import PyrovaeError
-from pyrovae.training import train
+from pyrovae.train.loop import train
 from tests.conftest import REPO
 
 # 110 examples, global batches of 25 (shards of 13 and 12), a last partial batch of 10
@@ -46,7 +46,7 @@ def torchrun(cwd, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
 
 
 def params(run_dir) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / runs.CHECKPOINT, weights_only=True)["model"]
+    return torch.load(run_dir / runs.CHECKPOINT, weights_only=True)["state"]["module"]
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -116,7 +116,7 @@ def test_gradient_sum_gathers_fresh_gradients_and_writes_them_back(tmp_path):
     group posing as two ranks: the sum over one rank must leave every value as it was."""
     import torch.distributed as dist
 
-    from pyrovae.distributed import GradientSum
+    from pyrovae.train.distributed import GradientSum
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
                             world_size=1)
@@ -140,7 +140,7 @@ def test_gradient_sum_gathers_fresh_gradients_and_writes_them_back(tmp_path):
 
 
 def test_each_rank_takes_its_own_gpu():
-    from pyrovae.distributed import device_name
+    from pyrovae.train.distributed import device_name
 
     ctx = Context(rank=1, world_size=2, local_rank=1)
     assert device_name(ctx, "cuda") == "cuda:1"

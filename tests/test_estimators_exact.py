@@ -9,21 +9,23 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pyrovae
 import pytest
 import torch
 
-from pyrovae.diagnostics import gradient_draws
-from pyrovae.estimators import STL_ELBO, DReG_ELBO
-from pyrovae.linear_gaussian import (
+from pyrovae.evaluation.diagnostics import gradient_draws
+from pyrovae.infer.beta import KLWeight
+from pyrovae.infer.estimators import STL_ELBO, DReG_ELBO
+from pyrovae.infer.registry import make_elbo
+from pyrovae.models.linear_gaussian import (
     closed_form_elbo,
     exact_guide,
     log_marginal,
     make_problem,
 )
-from pyrovae.objectives import make_elbo
 
 ALL_SPECS = [
-    "trace", "meanfield", "graph", "jit", "score", "stl",
+    "trace", "meanfield", "tracegraph", "enum", "score", "stl",
     "iwae:5", "renyi:0.5,5", "dreg:5", "tail-adaptive:5",
 ]  # fmt: skip
 
@@ -44,9 +46,16 @@ def _loss_grads(loss, model, guide):
     return {"model": _flat(grads[:n]), "guide": _flat(grads[n:])}
 
 
-def _draws(elbo, model, guide, x, draws, seed=0, **kwargs):
+def _weighted(model, guide, beta):
+    """Model and guide programs with the KL weight ``beta`` (1: the programs themselves)."""
+    if isinstance(beta, float) and beta == 1.0:
+        return model.model, guide.guide
+    return KLWeight(beta)(model.model), KLWeight(beta)(guide.guide)
+
+
+def _draws(elbo, model, guide, x, draws, seed=0, beta=1.0):
     groups = {"model": list(model.parameters()), "guide": list(guide.parameters())}
-    samples, _ = gradient_draws(elbo, model.model, guide.guide, (x,), kwargs, groups, draws, seed)
+    samples, _ = gradient_draws(elbo, *_weighted(model, guide, beta), (x,), {}, groups, draws, seed)
     return samples
 
 
@@ -146,7 +155,7 @@ def test_full_covariance_guide_zero_variance_at_optimum(make):
 @pytest.mark.parametrize(
     "spec,particles,beta",
     [
-        ("trace", 32, 1.0), ("meanfield", 32, 1.0), ("graph", 32, 1.0), ("jit", 32, 1.0),
+        ("trace", 32, 1.0), ("meanfield", 32, 1.0), ("tracegraph", 32, 1.0), ("enum", 32, 1.0),
         ("stl", 32, 1.0), ("score", 512, 1.0),
         ("trace", 32, 0.5), ("stl", 32, torch.tensor(0.5)), ("score", 512, 0.5),
     ],
@@ -156,12 +165,12 @@ def test_elbo_family_is_unbiased_for_the_closed_form_gradient(spec, particles, b
     autograd gradient of the closed-form (beta-)ELBO; so does the mean loss."""
     model, guide, x = make_problem()
     elbo = make_elbo(spec, particles)
-    samples = _draws(elbo, model, guide, x, draws=30, beta=beta)
+    samples = _draws(elbo, model, guide, x, draws=60, beta=beta)
     exact = _loss_grads(-closed_form_elbo(model, guide, x, beta).sum(), model, guide)
     _assert_mean(samples["model"], exact["model"])
     _assert_mean(samples["guide"], exact["guide"])
     torch.manual_seed(1)
-    losses = torch.tensor([elbo.loss(model.model, guide.guide, x, beta=beta) for _ in range(20)])
+    losses = torch.tensor([elbo.loss(*_weighted(model, guide, beta), x) for _ in range(20)])
     target = -closed_form_elbo(model, guide, x, beta).sum().item()
     assert abs(losses.mean() - target) < 5 * losses.std() / math.sqrt(20) + 1e-9
 
@@ -205,9 +214,8 @@ def test_iwae_and_dreg_match_an_independent_iwae_gradient(beta):
     model, guide, x = make_problem()
     reps = 100
     xr = x.repeat(reps, 1)
-    kwargs = {} if beta == 1.0 else {"beta": beta}
-    iwae = _draws(make_elbo("iwae:5"), model, guide, xr, draws=40, **kwargs)
-    dreg = _draws(make_elbo("dreg:5"), model, guide, xr, draws=40, **kwargs)
+    iwae = _draws(make_elbo("iwae:5"), model, guide, xr, draws=40, beta=beta)
+    dreg = _draws(make_elbo("dreg:5"), model, guide, xr, draws=40, beta=beta)
     torch.testing.assert_close(dreg["model"], iwae["model"], rtol=1e-9, atol=1e-9)
 
     ref_mean, ref_se = _iwae_reference(model, guide, x, 5, beta)
@@ -278,3 +286,139 @@ def test_renyi_limits():
         n_model = len(_flat(model.parameters()))
         torch.testing.assert_close(g_zero[:n_model], g_dreg[:n_model])
         assert trace > half + 1e-6 and half > zero + 1e-6
+
+
+# --------------------------------------------------------------------------- evaluation: log p(x)
+
+
+class Pair:
+    """The linear-Gaussian model and a guide, two modules, as the one object pyrovae takes."""
+
+    def __init__(self, lg_model, lg_guide):
+        self.lg_model, self.lg_guide = lg_model, lg_guide
+
+    def model(self, x):
+        self.lg_model.model(x)
+
+    def guide(self, x):
+        self.lg_guide.guide(x)
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+@pytest.mark.parametrize("k", [1, 2, 7, 100])
+def test_log_likelihood_with_the_exact_posterior_is_log_marginal(k, diagonal):
+    """q = p(z|x): every importance weight is p(x), so logmeanexp_k is log p(x) for any k (a
+    missing or doubled ``- log k`` would be off by log k)."""
+    model, _, x = make_problem(num_data=5, diagonal=diagonal)
+    pair = Pair(model, exact_guide(model, diagonal=diagonal))
+    got = pyrovae.log_likelihood(pair, x, k)
+    assert got.shape == (5,)
+    torch.testing.assert_close(got.double(), log_marginal(model, x).detach(), rtol=0, atol=1e-4)
+
+
+def test_log_likelihood_approaches_log_marginal_as_k_grows():
+    """An arbitrary guide: E[log-likelihood_k] increases with k toward log p(x) (Burda et al. 2016),
+    from the ELBO at k = 1; data replicated so the mean over examples has a small error (the gap
+    to log p(x) per example, whose spread is the Monte Carlo error alone)."""
+    model, guide, x = make_problem()
+    reps = 1000
+    xr = x.repeat(reps, 1)
+    pair = Pair(model, guide)
+    log_px = log_marginal(model, xr).detach()
+    elbo_gap = (log_marginal(model, x) - closed_form_elbo(model, guide, x)).mean().item()
+    assert elbo_gap > 0.3
+    gaps, ses = [], []
+    for k in (1, 3, 10, 1000):
+        gap = log_px - pyrovae.log_likelihood(pair, xr, k).double()
+        gaps.append(gap.mean().item())
+        ses.append(gap.std().item() / math.sqrt(len(gap)))
+    assert abs(gaps[0] - elbo_gap) < 5 * ses[0]
+    for i in range(3):
+        assert gaps[i] - gaps[i + 1] > 5 * math.hypot(ses[i], ses[i + 1]), (gaps, ses)
+    assert gaps[-1] > -5 * ses[-1]  # a lower bound in expectation
+    assert gaps[-1] < 0.05 * elbo_gap
+
+
+@pytest.mark.parametrize("max_elements", [20, 60, 10_000])
+def test_log_likelihood_in_chunks_of_draws_and_examples(max_elements):
+    """A small ``max_elements`` splits the k draws (and the examples) into chunks: exact with the
+    exact posterior, and equal in distribution to the unchunked estimate with any guide."""
+    model, guide, x = make_problem(num_data=6)
+    exact = Pair(model, exact_guide(model, diagonal=True))
+    for k in (7, 50):  # 7 leaves a remainder chunk of draws
+        torch.testing.assert_close(
+            pyrovae.log_likelihood(exact, x, k, max_elements=max_elements).double(),
+            log_marginal(model, x).detach(), rtol=0, atol=1e-4)
+    pair, xr = Pair(model, guide), x.repeat(100, 1)
+    pyro.set_rng_seed(0)
+    one = pyrovae.log_likelihood(pair, xr, 50).double()
+    pyro.set_rng_seed(0)
+    chunked = pyrovae.log_likelihood(pair, xr, 50, max_elements=max_elements).double()
+    diff = chunked - one
+    assert abs(diff.mean().item()) < 5 * diff.std().item() / math.sqrt(len(diff)) + 1e-9
+
+
+def test_log_likelihood_checks_k():
+    model, guide, x = make_problem()
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(pyrovae.PyrovaeError, match=r"number of importance samples .*must be a whole number >= 1"):
+            pyrovae.log_likelihood(Pair(model, guide), x, bad)
+
+
+# --------------------------------------------------------------------------- evaluation: ELBO terms
+
+
+def test_elbo_terms_closed_form_kl_is_exact():
+    """Single latent site, Normal guide and prior: the KL is taken in closed form, exactly; the
+    ELBO is the closed-form one within Monte Carlo error (one draw per example)."""
+    model, guide, x = make_problem()
+    reps = 2000
+    xr = x.repeat(reps, 1)
+    terms = pyrovae.elbo_terms(Pair(model, guide), xr, batch_size=700)
+    assert terms["kl_method"] == {"latent": "closed form"}
+    q = dist.Normal(guide.loc(x), guide.log_diag.exp()).to_event(1)
+    p = dist.Normal(torch.zeros_like(guide.loc(x)), 1.0).to_event(1)
+    kl = torch.distributions.kl_divergence(q, p).mean().item()
+    assert terms["kl"] == pytest.approx(kl, rel=1e-6)
+    assert terms["elbo"] == pytest.approx(terms["recon"] - terms["kl"], rel=1e-9)
+    lw = pyrovae.log_likelihood(Pair(model, guide), xr, 1).double()  # one-draw ELBOs: a spread bound
+    se = lw.std().item() / math.sqrt(len(lw))
+    assert abs(terms["elbo"] - closed_form_elbo(model, guide, x).mean().item()) < 5 * se
+
+
+class Hierarchy:
+    """z1 ~ N(0, 1), z2 | z1 ~ N(z1, 1), x | z2 ~ N(z2, 0.5); guide x -> z1 -> z2:
+    q(z1|x) = N(a x, s1), q(z2|z1, x) = N(b z1 + c x, s2). z2 depends on z1's draw in the guide, so
+    z1's KL term cannot be taken in closed form; z2's (the last site) can."""
+
+    def __init__(self):
+        self.a, self.b, self.c = torch.tensor(0.4), torch.tensor(0.7), torch.tensor(0.2)
+        self.s1, self.s2 = torch.tensor(0.6), torch.tensor(0.5)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(torch.zeros_like(x), 1.0))
+            z2 = pyro.sample("z2", dist.Normal(z1, 1.0))
+            pyro.sample("obs", dist.Normal(z2, 0.5), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(self.a * x, self.s1))
+            pyro.sample("z2", dist.Normal(self.b * z1 + self.c * x, self.s2))
+
+
+def test_elbo_terms_of_a_hierarchical_guide_match_trace_elbo():
+    h = Hierarchy()
+    x = torch.tensor([-1.5, 0.2, 2.0, 0.9], dtype=torch.float64)
+    reps = 2500
+    xr = x.repeat(reps)
+    terms = pyrovae.elbo_terms(h, xr)
+    assert terms["kl_method"] == {"z1": "monte carlo", "z2": "closed form"}
+    assert terms["elbo"] == pytest.approx(terms["recon"] - terms["kl"], rel=1e-9)
+    pyro.set_rng_seed(1)
+    reference = -pyro.infer.Trace_ELBO(num_particles=4000, vectorize_particles=True,
+                                       max_plate_nesting=1).loss(h.model, h.guide, x) / len(x)
+    lw = pyrovae.log_likelihood(h, xr, 1).double()  # one-draw ELBOs: bounds the error's spread
+    se = lw.std().item() / math.sqrt(len(lw))
+    assert abs(terms["elbo"] - reference) < 5 * se + 5 * lw.std().item() / math.sqrt(4000 * len(x))
+    assert se < 0.05 * abs(reference)

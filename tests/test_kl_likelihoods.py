@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
 from pyrovae.errors import PyrovaeError
-from pyrovae.likelihoods import LIKELIHOODS, build_likelihood
+from pyrovae.nn.likelihoods import LIKELIHOODS, build_likelihood
 
 
 def gaussian_kl(loc, scale):

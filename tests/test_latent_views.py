@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pyrovae.errors import PyrovaeError
-from pyrovae.latent_views import INTERPOLATIONS, interpolate, traversal
-from pyrovae.vae import VAE
+from pyrovae.evaluation.latent_views import INTERPOLATIONS, interpolate, traversal
+from pyrovae.models.vae import VAE
 
 
 def test_linear_interpolation_is_evenly_spaced():

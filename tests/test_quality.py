@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pyrovae.errors import PyrovaeError
-from pyrovae.quality import (
+from pyrovae.evaluation.quality import (
     CLASSIFIER,
     cached_classifier,
     classifier_accuracy,
@@ -18,7 +18,7 @@ from pyrovae.quality import (
     save_classifier,
     train_classifier,
 )
-from pyrovae.vae import VAE
+from pyrovae.models.vae import VAE
 
 
 @contextlib.contextmanager

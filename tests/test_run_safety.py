@@ -8,10 +8,10 @@ import torch
 
 from pyrovae import runs
 from pyrovae.cli import main
-from pyrovae.data import load_dataset
+from pyrovae.data.datasets import load_dataset
 from pyrovae.errors import PyrovaeError
-from pyrovae.schedules import parse_schedule
-from pyrovae.training import load_run, train
+from pyrovae.infer.schedules import parse_schedule
+from pyrovae.train.loop import load_run, train
 
 TINY = dict(epochs=1, hidden=[16], z_dim=2, progress=False, figures=False)
 
@@ -23,10 +23,10 @@ def small(digits):
 
 def test_a_trained_run_is_not_overwritten_by_accident(tmp_path, small):
     train(data=small, run_dir=tmp_path, **TINY)
-    with pytest.raises(PyrovaeError, match="already holds a trained run: resume it with --resume"):
+    with pytest.raises(PyrovaeError, match=r"already holds a trained run: resume it with (resume=True|--resume)"):
         train(data=small, run_dir=tmp_path, **TINY)
     run = train(data=small, run_dir=tmp_path, overwrite=True, **{**TINY, "z_dim": 3})
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["vae"]["z_dim"] == 3
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["spec"]["z_dim"] == 3
     assert len(run.metrics) == 1 and len(runs.read_metrics(tmp_path)) == 1
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyrovae.errors import PyrovaeError
-from pyrovae.samplers import SAMPLERS, sample_codes
+from pyrovae.evaluation.samplers import SAMPLERS, sample_codes
 
 # three hand-made diagonal posteriors q(z | x_i) in 2-D
 LOC = torch.tensor([[0.0, 0.0], [3.0, -1.0], [-2.0, 4.0]], dtype=torch.float64)

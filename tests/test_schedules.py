@@ -3,7 +3,7 @@
 import pytest
 
 from pyrovae.errors import PyrovaeError
-from pyrovae.schedules import from_dict, parse_schedule, to_dict
+from pyrovae.infer.schedules import from_dict, parse_schedule, to_dict
 
 
 def test_constant():

@@ -13,11 +13,12 @@ import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
 from pyrovae.errors import PyrovaeError
-from pyrovae.toy import cli as toy_cli
-from pyrovae.toy import exact, plots
-from pyrovae.toy.data import check_data, sample_data
-from pyrovae.toy.fit import fit_toy
-from pyrovae.toy.model import ESTIMATORS, BernoulliToy
+from pyrovae.cli import toy as toy_cli
+from pyrovae.experiments.toy import exact, plots
+from pyrovae.experiments.toy.data import check_data, sample_data
+from pyrovae.experiments.toy.fit import fit_toy
+from pyrovae.experiments.toy.model import ESTIMATORS, BernoulliToy
+from pyrovae.infer.registry import make_elbo
 
 P_TRUE, SIGMA_TRUE, N = 0.3, 0.5, 500
 
@@ -179,9 +180,9 @@ def test_estimator_gradients_are_unbiased_for_the_exact_elbo(data, name):
     (expected,) = torch.autograd.grad(loss, theta)
 
     est = ESTIMATORS[name]
-    toy = BernoulliToy(p_init=p, sigma=sigma, guide_init=(w, b))
-    guide = est.wrap_guide(toy.guide)
-    elbo = est.make_elbo()
+    toy = BernoulliToy(p_init=p, sigma=sigma, guide_init=(w, b), baseline=est.baseline)
+    guide = toy.guide
+    elbo = make_elbo(est.spec, max_plate_nesting=1)
     repeats = 1 if name == "enum" else 150
     pyro.set_rng_seed(0)
     grads = []

@@ -1,0 +1,81 @@
+"""Command-line options shared by the commands that train (train, sweep, baselines, compare).
+
+One table from config field to flag, so every command spells an option the same way and
+:func:`config_from` turns parsed arguments back into :class:`~pyrovae.config.TrainConfig` fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Collection
+from typing import Any
+
+
+def sizes(text: str) -> list[int]:
+    """``"400"`` or ``"512,256"`` -> ``[512, 256]`` (argparse type)."""
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be whole numbers >= 1, got {text!r}")
+    return values
+
+
+def obs_scale(text: str) -> float | None:
+    """A number, or ``"learned"`` -> ``None`` (argparse type)."""
+    if text == "learned":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'learned', got {text!r}") from None
+
+
+# config field -> (flag, argparse keyword arguments); a field left out of the command line is None
+OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dataset": ("--dataset", dict(default="mnist-5k", help="mnist-5k (default, offline), digits, "
+                                  "mnist, fashion-mnist, idx:PATH, npy:PATH, npz:PATH")),
+    "data_dir": ("--data-dir", dict(help="folder holding the IDX files (searched first)")),
+    "binarize": ("--binarize", dict(choices=["none", "static", "dynamic"], help="binarize grey "
+                                    "levels: none, static (one draw) or dynamic (every epoch)")),
+    "likelihood": ("--likelihood", dict(help="bernoulli (default), continuous-bernoulli, "
+                                        "gaussian, laplace")),
+    "obs_scale": ("--obs-scale", dict(type=obs_scale, help="gaussian/laplace pixel scale: a "
+                                      "number, or 'learned' (default)")),
+    "model": ("--model", dict(choices=["vae", "ae", "dae"], help="vae (default), ae "
+                              "(deterministic auto-encoder), dae (denoising)")),
+    "noise": ("--noise", dict(help="dae input corruption: gaussian:STD (default gaussian:0.3) or "
+                              "mask:PROB")),
+    "net": ("--net", dict(help="mlp (default) or conv")),
+    "hidden": ("--hidden", dict(type=sizes, help="dense hidden sizes, e.g. 400 or 512,256")),
+    "z_dim": ("--z-dim", dict(type=int, help="latent dimensions")),
+    "estimator": ("--estimator", dict(help="objective: trace (default), meanfield, tracegraph, enum, "
+                                      "score, stl, iwae:K, renyi:alpha,K, dreg:K, tail-adaptive:K")),
+    "particles": ("--particles", dict(type=int, help="samples per example per step")),
+    "beta": ("--beta", dict(type=float, help="KL weight (default 1)")),
+    "kl_schedule": ("--kl-schedule", dict(help="constant, linear[:steps=N|epochs=E], "
+                                          "cyclical[:cycles=M,ratio=R], sigmoid[:steps=N|epochs=E,k=K]")),
+    "epochs": ("--epochs", dict(type=int, help="total epochs (with --resume: train up to this)")),
+    "batch_size": ("--batch-size", dict(type=int)),
+    "lr": ("--lr", dict(type=float, help="Adam learning rate (default 1e-3)")),
+    "seed": ("--seed", dict(type=int)),
+    "device": ("--device", dict(help="cpu (default), cuda or cuda:N")),
+    "compile": ("--compile", dict(choices=["eager", "graph", "auto"], help="eager (default); "
+                                  "graph: capture the SVI step as a CUDA graph (GPU only); auto: "
+                                  "graph where the device and estimator allow, else eager")),
+    "limit": ("--limit", dict(type=int, help="use only N examples, chosen at random (smoke runs)")),
+}
+
+
+def add_config_args(parser: argparse.ArgumentParser, exclude: Collection[str] = ()) -> None:
+    """Add the training options, except the fields in ``exclude``."""
+    for field, (flag, kwargs) in OPTIONS.items():
+        if field not in exclude:
+            parser.add_argument(flag, **kwargs)
+
+
+def config_from(args: argparse.Namespace, exclude: Collection[str] = ()) -> dict[str, Any]:
+    """The training options given on the command line (absent ones take the defaults)."""
+    return {f: getattr(args, f) for f in OPTIONS
+            if f not in exclude and getattr(args, f, None) is not None}

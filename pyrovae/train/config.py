@@ -1,0 +1,99 @@
+"""Training configuration: plain values, defaults chosen per data set, unknown keys rejected."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from pyrovae import checks
+from pyrovae.errors import PyrovaeError
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to rebuild a run. ``None`` means "the data set's default"."""
+
+    dataset: str = "mnist-5k"  # data set name (see pyrovae.data)
+    data_dir: str | None = None  # folder holding IDX files, searched first
+    binarize: str | None = None  # none | static | dynamic
+    likelihood: str | None = None  # bernoulli | continuous-bernoulli | gaussian | laplace
+    obs_scale: float | None = None  # fixed scale for gaussian/laplace; None learns it
+    model: str = "vae"  # built-in: vae | ae (auto-encoder) | dae (denoising); user:module.Class
+    noise: str | None = None  # dae input corruption: gaussian:STD | mask:PROB
+    net: str | None = None  # mlp | conv
+    hidden: list[int] | None = None  # dense hidden sizes, encoder order
+    z_dim: int | None = None  # latent dimensions
+    estimator: str = "trace"  # objective name (see pyrovae.objectives)
+    particles: int = 1  # samples per example per step (vectorized)
+    beta: float = 1.0  # KL weight target
+    kl_schedule: str = "constant"  # constant | linear[:...] | cyclical[:...] | sigmoid[:...]
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None  # Adam learning rate
+    seed: int = 0
+    device: str = "cpu"
+    compile: str = "eager"  # eager | graph (the step as a CUDA graph) | auto (graph where possible)
+    eval_batch_size: int = 1000  # held-out ELBO batches (memory only, not results)
+    eval_held_out: bool = True  # held-out ELBO and active units after every epoch
+    limit: int | None = None  # use only `limit` random training and held-out examples (smoke runs)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PyrovaeError(f"unknown config keys {unknown}: known keys are {sorted(known)}")
+        return cls(**data)
+
+
+# fields that configure the built-in models only (a user's model is built by its author)
+BUILTIN_OPTIONS = ("net", "hidden", "z_dim", "likelihood", "obs_scale", "noise")
+
+# Defaults per data set, so `pyrovae train --dataset NAME` just works.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist-5k": dict(net="mlp", hidden=[400], z_dim=16, epochs=40, batch_size=100),
+    "digits": dict(net="mlp", hidden=[128], z_dim=8, epochs=30, batch_size=32, lr=3e-3),
+    "mnist": dict(net="mlp", hidden=[400], z_dim=50, epochs=10, batch_size=256),
+    "fashion-mnist": dict(net="mlp", hidden=[400], z_dim=50, epochs=10, batch_size=256),
+}
+GENERIC_DEFAULTS: dict[str, Any] = dict(
+    net="mlp", hidden=[400], z_dim=32, epochs=10, batch_size=128, binarize="dynamic",
+    likelihood="bernoulli", lr=1e-3,
+)
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill ``None`` fields from the data set's defaults and check the numbers."""
+    defaults = {**GENERIC_DEFAULTS, **DATASET_DEFAULTS.get(config.dataset, {})}
+    values = config.to_dict()
+    for key, value in defaults.items():
+        if values.get(key) is None:
+            values[key] = value
+    # Grey-level likelihoods need no binarization; the Bernoulli one does.
+    if config.binarize is None and values["likelihood"] != "bernoulli":
+        values["binarize"] = "none"
+    out = TrainConfig(**values)
+    _check(out)
+    return out
+
+
+def _check(c: TrainConfig) -> None:
+    for name in ("epochs", "batch_size", "z_dim", "particles", "eval_batch_size"):
+        checks.whole(getattr(c, name), name)
+    if c.limit is not None:
+        checks.whole(c.limit, "limit")
+    if not c.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in c.hidden):
+        raise PyrovaeError(f"{checks.label('hidden')} must be sizes >= 1 such as 400 or 512,256, "
+                           f"got {c.hidden}")
+    checks.seed(c.seed)
+    checks.positive(c.lr, "lr")
+    checks.finite(c.beta, "beta", minimum=0)
+    if c.compile not in ("eager", "graph", "auto"):
+        raise PyrovaeError(f"{checks.label('compile')} must be eager, graph or auto, got {c.compile!r}")
+    if c.device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", c.device):
+        raise PyrovaeError(f"{checks.label('device')} must be cpu, cuda or cuda:N, got {c.device!r}")

@@ -1,0 +1,1 @@
+"""Figures: matplotlib figures from results (``plots``) and a run's standard figures (``report``)."""
