@@ -10,7 +10,7 @@ library, built-in or the user's own::
     loc, scale = pyrovae.encode(run.model, run.data.test_x)
     images = pyrovae.sample(run.model, 64, seed=0)
 
-Subpackages follow the data flow: ``data`` -> ``nn`` -> ``models`` -> ``infer`` -> ``train`` /
+Subpackages follow the data flow: ``data`` -> ``nn`` -> ``models`` -> ``infer`` -> ``training`` /
 ``evaluation`` -> ``experiments`` -> ``viz`` -> ``cli``.
 """
 
@@ -29,8 +29,8 @@ from pyrovae.infer.schedules import parse_schedule
 from pyrovae.models.registry import BUILTINS, build_model
 from pyrovae.models.vae import VAE, AutoEncoder, DenoisingAutoEncoder
 from pyrovae.nn.likelihoods import LIKELIHOODS, build_likelihood
-from pyrovae.train.config import TrainConfig
-from pyrovae.train.loop import Run, TrainingDiverged, build_vae, load_run, train
+from pyrovae.training.config import TrainConfig
+from pyrovae.training.loop import Run, TrainingDiverged, build_vae, load_run, train
 from pyrovae.viz import plots
 
 __version__ = "0.2.0"

@@ -12,7 +12,7 @@ from pyrovae.evaluation.metrics import elbo_terms, log_likelihood
 from pyrovae.infer.beta import KLWeight
 from pyrovae.models.registry import build_model
 from pyrovae.models.vae import VAE, AutoEncoder, DenoisingAutoEncoder
-from pyrovae.train.loop import build_vae, train
+from pyrovae.training.loop import build_vae, train
 
 GREY = dict(dataset="digits", binarize="none", likelihood="gaussian", obs_scale=0.1, epochs=8,
             hidden=[64], z_dim=4)

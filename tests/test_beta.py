@@ -18,7 +18,7 @@ from pyrovae.errors import PyrovaeError
 from pyrovae.experiments.sweep import sweep
 from pyrovae.infer.beta import KLWeight, kl_weight
 from pyrovae.infer.registry import make_elbo
-from pyrovae.train.loop import train
+from pyrovae.training.loop import train
 
 
 # --------------------------------------------------------------------------- the handler
@@ -243,8 +243,7 @@ def test_sweep_writes_table_and_figures_from_its_runs(tmp_path, grey_digits):
 def test_schedule_reaches_every_step_through_one_tensor(monkeypatch, grey_digits):
     """A schedule changes beta every step by filling one 0-dim tensor in place (so a compiled or
     captured step never sees a new constant): every handler the loop builds holds a tensor."""
-    # (`import pyrovae.train.loop` fails: pyrovae.train is also the train() function)
-    from pyrovae.train import loop
+    from pyrovae.training import loop
 
     handlers = []
     real = loop.KLWeight

@@ -22,8 +22,8 @@ from pyrovae.experiments.compare import (
     snr_vs_k,
     train_budget,
 )
-from pyrovae.train.config import resolve
-from pyrovae.train.loop import prepare_data
+from pyrovae.training.config import resolve
+from pyrovae.training.loop import prepare_data
 
 SMALL = dict(dataset="digits", hidden=[64], z_dim=4, batch_size=64, seed=0)
 

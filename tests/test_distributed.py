@@ -10,13 +10,16 @@ import os
 import subprocess
 import sys
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
 
 from pyrovae import runs
-from pyrovae.train.distributed import Context, setup
+from pyrovae.training.distributed import Context, setup
 from pyrovae.errors import PyrovaeError
-from pyrovae.train.loop import train
+from pyrovae.training.loop import train
 from tests.conftest import REPO
 
 # 110 examples, global batches of 25 (shards of 13 and 12), a last partial batch of 10
@@ -35,11 +38,13 @@ def config(args: list[str]) -> dict:
     return out
 
 
-def torchrun(cwd, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(cwd, *args: str, nproc: int = 2, script: str | None = None) -> subprocess.CompletedProcess:
+    """``pyrovae train ARGS`` (or ``python SCRIPT ARGS``) in ``nproc`` processes under torchrun."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
+    what = [script, *args] if script else ["-m", "pyrovae", "train", "--no-progress", *args]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "pyrovae", "train", "--no-progress", *args]
+           f"--nproc-per-node={nproc}", *what]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -91,6 +96,62 @@ def test_a_vae_trains_in_two_processes(tmp_path, single_thread):
     assert resumed.metrics[-1]["epoch"] == 3 and resumed.world_size == 1
 
 
+class UserAE(nn.Module):
+    """A user's deterministic auto-encoder (a point-mass guide, so no sampling noise) with a
+    learned observation scale held as a ``pyro.param``: one process and two must agree."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.dec = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 64))
+
+    def model(self, x):
+        pyro.module("dec", self.dec)
+        log_scale = pyro.param("log_scale", lambda: torch.zeros(()))
+        with pyro.plate("rows", x.shape[0]):
+            code = pyro.sample("code", dist.Normal(x.new_zeros(()), 1.0).expand([3]).to_event(1))
+            pyro.sample("obs", dist.Normal(self.dec(code), log_scale.exp()).to_event(1),
+                        obs=x.flatten(1))
+
+    def guide(self, x):
+        pyro.module("enc", self.enc)
+        with pyro.plate("rows", x.shape[0]):
+            pyro.sample("code", dist.Delta(self.enc(x.flatten(1))).to_event(1))
+
+
+USER = dict(dataset="digits", limit=110, batch_size=25, lr=0.01, seed=3, progress=False,
+            figures=False)
+USER_SCRIPT = """
+import os
+import sys
+import pyro
+from pyrovae import train
+from tests.test_distributed import USER, UserAE
+pyro.set_rng_seed(int(os.environ["RANK"]))  # rank 1 starts elsewhere: the broadcast must fix it
+train(model=UserAE(), run_dir=sys.argv[1], epochs=int(sys.argv[2]), **USER)
+"""
+
+
+def user_state(run_dir) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / runs.CHECKPOINT, weights_only=True)["state"]
+    assert set(state["params"]) == {"log_scale"}
+    return {**state["module"], **state["params"]}
+
+
+def test_a_user_model_in_two_processes_matches_one(tmp_path, single_thread):
+    pyro.set_rng_seed(0)
+    one = train(model=UserAE(), run_dir=tmp_path / "one", epochs=2, **USER)
+    script = tmp_path / "user_train.py"
+    script.write_text(USER_SCRIPT)
+    torchrun(tmp_path, str(tmp_path / "two"), "2", script=str(script))
+    two = tmp_path / "two"
+    assert_same(user_state(two), user_state(tmp_path / "one"))
+    rows = runs.read_metrics(two)
+    assert [r["world_size"] for r in rows] == [2, 2]
+    assert [r["train_loss"] for r in rows] == pytest.approx([r["train_loss"] for r in one.metrics],
+                                                            rel=1e-5)
+
+
 def test_shards_cover_the_global_batch():
     batch = torch.arange(25)
     parts = [Context(rank=r, world_size=2).shard(batch) for r in range(2)]
@@ -116,7 +177,7 @@ def test_gradient_sum_gathers_fresh_gradients_and_writes_them_back(tmp_path):
     group posing as two ranks: the sum over one rank must leave every value as it was."""
     import torch.distributed as dist
 
-    from pyrovae.train.distributed import GradientSum
+    from pyrovae.training.distributed import GradientSum
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
                             world_size=1)
@@ -135,12 +196,21 @@ def test_gradient_sum_gathers_fresh_gradients_and_writes_them_back(tmp_path):
         assert torch.equal(net.bias.grad, torch.zeros(2))
         grad_sum.zero()
         assert net.weight.grad is grad_sum.views[0] and not net.weight.grad.any()
+
+        # the eager step returns the summed loss, which the buffer's zeroing must not clear
+        from pyrovae.training.steps import EagerStep
+
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        step = EagerStep(lambda x: net(x).sum(), optimizer, grad_sum)
+        x = torch.ones(4, 3)
+        want = float(net(x).sum())
+        assert float(step((x,))) == pytest.approx(want)
     finally:
         dist.destroy_process_group()
 
 
 def test_each_rank_takes_its_own_gpu():
-    from pyrovae.train.distributed import device_name
+    from pyrovae.training.distributed import device_name
 
     ctx = Context(rank=1, world_size=2, local_rank=1)
     assert device_name(ctx, "cuda") == "cuda:1"

@@ -30,7 +30,10 @@ ALL_SPECS = [
 ]  # fmt: skip
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),  # see conftest.py
+    pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites"),  # "enum", no discrete sites
+]
 
 
 def _flat(tensors):
@@ -356,6 +359,15 @@ def test_log_likelihood_in_chunks_of_draws_and_examples(max_elements):
     chunked = pyrovae.log_likelihood(pair, xr, 50, max_elements=max_elements).double()
     diff = chunked - one
     assert abs(diff.mean().item()) < 5 * diff.std().item() / math.sqrt(len(diff)) + 1e-9
+
+
+def test_log_likelihood_keeps_the_dtype_of_the_weights():
+    """float64 weights give a float64 log p(x) (a float32 result would round values such as
+    -1e5 nats, an image's log-likelihood, to about 0.01)."""
+    model, _, x = make_problem()
+    pair = Pair(model, exact_guide(model, diagonal=True))
+    assert pyrovae.log_likelihood(pair, x, 3).dtype == torch.float64
+    assert pyrovae.log_likelihood(pair, x, 3, max_elements=20).dtype == torch.float64
 
 
 def test_log_likelihood_checks_k():

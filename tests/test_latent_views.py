@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import pyrovae
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.latent_views import INTERPOLATIONS, interpolate, traversal
 from pyrovae.models.vae import VAE
@@ -53,7 +54,8 @@ def test_spherical_falls_back_to_linear_when_parallel_or_zero(z1):
 def test_interpolation_ends_decode_to_the_reconstructions(mode):
     vae = VAE((1, 8, 8), z_dim=3, hidden=[16]).eval()
     x = torch.bernoulli(torch.full((2, 1, 8, 8), 0.5))
-    loc, _ = vae.encode(x)
+    loc, _ = pyrovae.encode(vae, x)
+    assert loc.shape == (2, 3)
     images = vae.decode(interpolate(loc[0], loc[1], steps=6, mode=mode))
     assert images.shape == (6, 1, 8, 8)
     recon = vae.reconstruct(x)

@@ -11,7 +11,7 @@ from pyrovae.cli import main
 from pyrovae.data.datasets import load_dataset
 from pyrovae.errors import PyrovaeError
 from pyrovae.infer.schedules import parse_schedule
-from pyrovae.train.loop import load_run, train
+from pyrovae.training.loop import load_run, train
 
 TINY = dict(epochs=1, hidden=[16], z_dim=2, progress=False, figures=False)
 

@@ -1,10 +1,13 @@
 """Samplers: the aggregate posterior is the right mixture, the GMM fits, every name works, errors."""
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
+import pyrovae
 from pyrovae.errors import PyrovaeError
-from pyrovae.evaluation.samplers import SAMPLERS, sample_codes
+from pyrovae.evaluation.samplers import SAMPLER_NAMES, SAMPLERS, sample_codes
 
 # three hand-made diagonal posteriors q(z | x_i) in 2-D
 LOC = torch.tensor([[0.0, 0.0], [3.0, -1.0], [-2.0, 4.0]], dtype=torch.float64)
@@ -50,11 +53,41 @@ def test_aggregate_of_point_codes_resamples_the_codes_uniformly():
                        sample_codes("aggregate", 100, LOC, torch.zeros_like(LOC), seed=2))
 
 
-def test_prior_is_standard_normal():
-    z = sample_codes("prior", 100_000, z_dim=3, seed=0)
-    assert z.shape == (100_000, 3)
-    assert_moments(z.double(), torch.zeros(3, dtype=torch.float64),
-                   torch.eye(3, dtype=torch.float64))
+class ShiftedPrior:
+    """A 1-d latent with prior N(3, 0.1) (not N(0, I)) and an identity-mean Gaussian observation."""
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.full_like(x, 3.0), 0.1).to_event(1))
+            pyro.sample("obs", dist.Normal(z, 0.05).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x, 1.0).to_event(1))
+
+
+def test_prior_samples_come_from_running_the_model():
+    """pyrovae.sample runs the model unconditioned: its means are the model's own prior's, N(3, 0.1)."""
+    m = ShiftedPrior()
+    s = pyrovae.sample(m, 20_000, seed=0, like=torch.zeros(5, 1))
+    assert s.shape == (20_000, 1)
+    se = 0.1 / 20_000**0.5
+    assert abs(s.mean().item() - 3.0) < 5 * se
+    assert s.std().item() == pytest.approx(0.1, rel=0.05)  # the mean of obs is z: no 0.05 noise
+    assert torch.equal(s, pyrovae.sample(m, 20_000, seed=0, like=torch.zeros(5, 1)))
+    # an explicit input batch of n examples works the same, and mean=False draws the observation
+    t = pyrovae.sample(m, 20_000, seed=0, inputs=torch.zeros(20_000, 1))
+    assert torch.equal(s, t)
+    draws = pyrovae.sample(m, 20_000, seed=0, like=torch.zeros(5, 1), mean=False)
+    assert draws.std().item() == pytest.approx((0.1**2 + 0.05**2) ** 0.5, rel=0.05)
+
+
+def test_the_prior_is_not_a_code_sampler():
+    assert SAMPLER_NAMES[0] == "prior" and "prior" not in SAMPLERS
+    with pytest.raises(PyrovaeError, match=r"pyrovae.sample\(model, n\)"):
+        sample_codes("prior", 10, torch.zeros(3, 2))
+    with pytest.raises(PyrovaeError, match="pyrovae.sample"):
+        sample_codes("prior", 10, z_dim=3)
 
 
 def test_gmm_recovers_a_mixture_and_shuffles_its_draws():
@@ -95,8 +128,8 @@ def test_gmm_caps_components_at_the_number_of_codes():
     "args, kwargs, match",
     [
         (("vamp", 4), {"z_dim": 2}, r"unknown sampler 'vamp': choose one of prior, aggregate, gmm"),
-        (("prior", 0), {"z_dim": 2}, "number of samples must be an integer >= 1"),
-        (("prior", 4), {}, "needs z_dim"),
+        (("aggregate", 0, torch.zeros(3, 2)), {}, "number of samples must be an integer >= 1"),
+        (("gmm", 2.5, torch.zeros(3, 2)), {}, "number of samples must be an integer >= 1"),
         (("aggregate", 4), {"z_dim": 2}, "this run has no training data to build the aggregate"),
         (("gmm", 4), {}, "no training data"),
         (("aggregate", 4, torch.zeros(3, 2), torch.ones(3, 3)), {}, "must match"),

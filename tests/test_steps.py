@@ -24,13 +24,11 @@ from pyrovae.infer.beta import KLWeight
 from pyrovae.infer.registry import capture_problem, estimator_names, make_elbo
 from pyrovae.models.vae import VAE, AutoEncoder, DenoisingAutoEncoder
 
-# ``import pyrovae.train.loop as training`` fails: the package attribute ``pyrovae.train`` is the
-# train() function (see the report); ``from pyrovae.train import ...`` finds the modules.
-from pyrovae.train import loop as training
-from pyrovae.train import steps
-from pyrovae.train.distributed import Context, GradientSum
-from pyrovae.train.loop import TrainingDiverged, make_optimizer, train
-from pyrovae.train.steps import EagerStep, GraphStep, choose
+from pyrovae.training import loop as training
+from pyrovae.training import steps
+from pyrovae.training.distributed import Context, GradientSum
+from pyrovae.training.loop import TrainingDiverged, make_optimizer, train
+from pyrovae.training.steps import EagerStep, GraphStep, choose
 from tests.conftest import HostSync
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -126,6 +124,8 @@ def _loss_fn(elbo, model, beta):
 @pytest.mark.parametrize("kind", ["vae", "ae", "dae", "gaussian-conv", "continuous-bernoulli", "laplace"])
 def test_the_captured_part_of_the_step_reads_nothing_on_the_host(spec, kind, forbid_host_sync,
                                                                  single_thread):
+    if spec == "score" and kind in ("ae", "dae"):
+        pytest.skip("score refuses point codes (tests/test_objectives.py)")
     x = torch.bernoulli(torch.rand(5, 1, 8, 8))
     if kind == "gaussian-conv":
         vae = VAE((1, 8, 8), z_dim=3, hidden=[8], net="conv", likelihood="gaussian")

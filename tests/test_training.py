@@ -17,7 +17,7 @@ import pyrovae
 from pyrovae import runs
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.metrics import elbo_terms, evaluate, log_likelihood
-from pyrovae.train.loop import TrainingDiverged, build_vae, load_run, train
+from pyrovae.training.loop import TrainingDiverged, build_vae, load_run, train
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_resume_refuses_to_change_the_model(tmp_path, digits):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits, monkeypatch):
-    from pyrovae.train import loop as training
+    from pyrovae.training import loop as training
 
     small = digits.subset(200, 40)
     real_make_elbo = training.make_elbo

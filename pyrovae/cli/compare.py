@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pyrovae.cli.options import add_config_args, config_from, sizes
+from pyrovae.cli.options import add_config_args, config_from, sizes, user_model
 from pyrovae.experiments.compare import (
     DEFAULT_ESTIMATORS,
     DEFAULT_SNR_KS,
@@ -37,6 +37,7 @@ def add_parsers(subparsers: Any) -> None:
                    help="training examples in the gradient batch (64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", help="module:Class of a run that trained your own model")
     p.add_argument("--out", help="folder for gradients.{csv,md} (default RUN)")
     p.set_defaults(func=_gradients)
 
@@ -65,10 +66,10 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def _gradients(args: argparse.Namespace) -> int:
-    from pyrovae.train.loop import load_run
+    from pyrovae.training.loop import load_run
 
     specs = parse_estimators(args.estimators)
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, model=user_model(args.model), device=args.device)
     rows = gradient_report(run.model, gradient_batch(run, args.batch, args.seed), specs,
                            args.draws, args.seed)
     out = Path(args.out) if args.out else Path(args.run)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pyrovae import checks
 from pyrovae.cli import compare as compare_cmd
 from pyrovae.cli import toy as toy_cli
-from pyrovae.cli.options import add_config_args, config_from
+from pyrovae.cli.options import add_config_args, config_from, user_model
 from pyrovae.errors import PyrovaeError
 
 
@@ -39,9 +39,12 @@ def _add_train(sub) -> None:
 
 
 def _train(args) -> int:
-    from pyrovae.train.loop import train
+    from pyrovae.training.loop import train
 
     given = config_from(args)
+    obj = user_model(given.get("model"))
+    if obj is not None:
+        given["model"] = obj
     if args.resume:
         given.pop("dataset", None)
         run = train(run_dir=args.resume, resume=True, progress=not args.no_progress, **given)
@@ -77,6 +80,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="module:Class of a run that trained your own model")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_evaluate)
 
@@ -87,9 +91,9 @@ def _evaluate(args) -> int:
     from pyrovae.data.datasets import binarize
     from pyrovae.evaluation.metrics import evaluate
     from pyrovae.runs import write_json
-    from pyrovae.train.loop import EVAL_SEED, load_run
+    from pyrovae.training.loop import EVAL_SEED, load_run
 
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, model=user_model(args.model), device=args.device)
     x = run.data.test_x
     if args.split == "train":
         x = run.data.train_x
@@ -126,6 +130,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="PNG path (default RUN/figures/samples-<seed>.png)")
+    p.add_argument("--model", help="module:Class of a run that trained your own model")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_sample)
 
@@ -135,7 +140,7 @@ def _sample(args) -> int:
 
     from pyrovae.evaluation.generate import encode, sample
     from pyrovae.evaluation.samplers import NEEDS_TRAINING_CODES, SAMPLER_NAMES, sample_codes
-    from pyrovae.train.loop import load_run
+    from pyrovae.training.loop import load_run
     from pyrovae.viz import plots
 
     if args.sampler not in SAMPLER_NAMES:
@@ -149,7 +154,7 @@ def _sample(args) -> int:
         raise PyrovaeError(f"--out must end in .png, got {out}")
     needs_data = args.sampler in NEEDS_TRAINING_CODES
     try:
-        run = load_run(args.run, device=args.device, data=needs_data)
+        run = load_run(args.run, model=user_model(args.model), device=args.device, data=needs_data)
     except PyrovaeError as exc:
         if not needs_data or "checkpoint" in str(exc):
             raise
@@ -179,6 +184,7 @@ def _add_views(sub) -> None:
     p.add_argument("--mode", choices=["linear", "spherical"], default="linear")
     p.add_argument("--index", type=int, default=0, help="held-out image whose code is traversed")
     p.add_argument("--span", type=float, default=3.0, help="traversal range -span..span")
+    p.add_argument("--model", help="module:Class of a run that trained your own model")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_views)
 
@@ -187,12 +193,12 @@ def _views(args) -> int:
     from pyrovae.evaluation.generate import encode
     from pyrovae.evaluation.latent_views import traversal
     from pyrovae.experiments.baselines import interpolation_grid
-    from pyrovae.train.loop import load_run
+    from pyrovae.training.loop import load_run
     from pyrovae.viz import plots
 
     if args.pairs < 1 or args.steps < 2:
         raise PyrovaeError("--pairs must be >= 1 and --steps >= 2")
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, model=user_model(args.model), device=args.device)
     if not hasattr(run.model, "decode"):
         raise PyrovaeError(f"views decode latent codes, and {type(run.model).__name__} has no decode()")
     x = run.data.test_x

@@ -43,8 +43,9 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
                                         "gaussian, laplace")),
     "obs_scale": ("--obs-scale", dict(type=obs_scale, help="gaussian/laplace pixel scale: a "
                                       "number, or 'learned' (default)")),
-    "model": ("--model", dict(choices=["vae", "ae", "dae"], help="vae (default), ae "
-                              "(deterministic auto-encoder), dae (denoising)")),
+    "model": ("--model", dict(help="vae (default), ae (deterministic auto-encoder), dae "
+                              "(denoising), or module:Class, your own model class (built with no "
+                              "arguments; the module is imported from the current folder or the path)")),
     "noise": ("--noise", dict(help="dae input corruption: gaussian:STD (default gaussian:0.3) or "
                               "mask:PROB")),
     "net": ("--net", dict(help="mlp (default) or conv")),
@@ -66,6 +67,32 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
                                   "graph where the device and estimator allow, else eager")),
     "limit": ("--limit", dict(type=int, help="use only N examples, chosen at random (smoke runs)")),
 }
+
+
+def user_model(spec: str | None) -> Any:
+    """``"module:Class"`` -> a new ``Class()`` from ``module`` (the current folder is searched first);
+    a built-in name or ``None`` -> ``None``."""
+    import importlib
+    import os
+    import sys
+
+    from pyrovae.errors import PyrovaeError
+
+    if spec is None or ":" not in spec:
+        return None
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise PyrovaeError(f"--model {spec}: cannot load {attr!r} from module {module_name!r} ({exc}); "
+                           "write --model module:Class with the module importable from here") from None
+    try:
+        return cls()
+    except TypeError as exc:
+        raise PyrovaeError(f"--model {spec}: {attr}() must build the model with no arguments ({exc}); "
+                           "give its arguments defaults, or train it from Python") from None
 
 
 def add_config_args(parser: argparse.ArgumentParser, exclude: Collection[str] = ()) -> None:

@@ -22,7 +22,7 @@ from pyrovae.evaluation.quality import CLASSIFIER, cached_classifier, sample_qua
 from pyrovae.evaluation.samplers import SAMPLER_NAMES, sample_codes
 from pyrovae.models.vae import VAE
 from pyrovae.runs import write_csv
-from pyrovae.train.loop import train
+from pyrovae.training.loop import train
 from pyrovae.viz import plots
 
 MODELS = ("ae", "dae", "vae")

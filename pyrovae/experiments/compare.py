@@ -30,8 +30,8 @@ from pyrovae.evaluation.metrics import Data, as_batch, elbo_terms, log_likelihoo
 from pyrovae.infer.registry import make_elbo
 from pyrovae.models.contract import inspect_program
 from pyrovae.runs import write_csv
-from pyrovae.train.config import TrainConfig
-from pyrovae.train.loop import Run, train
+from pyrovae.training.config import TrainConfig
+from pyrovae.training.loop import Run, train
 from pyrovae.viz import plots
 
 DEFAULT_ESTIMATORS = ("trace", "score", "stl", "iwae:5", "dreg:5")

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from pyrovae.data.datasets import Dataset
 from pyrovae.errors import PyrovaeError
 from pyrovae.runs import write_csv
-from pyrovae.train.loop import train
+from pyrovae.training.loop import train
 from pyrovae.viz import plots
 
 DEFAULT_BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)

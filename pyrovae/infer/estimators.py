@@ -32,13 +32,19 @@ from typing import Any
 
 import pyro.infer
 import torch
+from opt_einsum import shared_intermediates
 from pyro.distributions import TorchDistribution
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import config_enumerate
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.trace_elbo import _compute_log_r
-from pyro.infer.traceenum_elbo import _compute_dice_elbo
+from pyro.infer.traceenum_elbo import _compute_model_factors
+from pyro.infer.util import Dice, _fulldot
+from pyro.ops import packed
+from pyro.ops.contract import contract_tensor_tree
+from pyro.ops.einsum.adjoint import require_backward
+from pyro.ops.rings import MarginalRing, SampleRing
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from torch.distributions import kl_divergence
@@ -172,6 +178,64 @@ class TraceGraph_ELBO(HostFreeLoss, pyro.infer.TraceGraph_ELBO):
         return _combine(-elbo, surrogate_loss)
 
 
+class _MaskedDice(Dice):
+    """Pyro's DiCE expectation (Foerster et al. 2018) with zero-probability terms removed by
+    ``torch.where`` instead of ``masked_select``: Pyro 1.9.2 asks ``mask.all()`` on the host first,
+    and ``masked_select`` has a data-dependent shape; ``where`` gives the same sum with neither."""
+
+    def compute_expectation(self, costs):
+        with shared_intermediates() as cache:
+            ring = MarginalRing(cache=cache)
+            expected: Any = 0.0
+            for ordinal, cost_terms in costs.items():
+                factors = self._get_log_factors(ordinal)
+                scale = math.exp(sum(f for f in factors if not isinstance(f, torch.Tensor)))
+                factors = [f for f in factors if isinstance(f, torch.Tensor)]
+                # one marginal query per distinct set of dims among the costs
+                queries: dict[frozenset, Any] = {frozenset(c._pyro_dims): None for c in cost_terms}
+                for factor in factors:
+                    if queries.get(frozenset(factor._pyro_dims), False) is None:
+                        queries[frozenset(factor._pyro_dims)] = factor
+                for key, query in list(queries.items()):
+                    if query is None:
+                        cost = next(c for c in cost_terms if frozenset(c._pyro_dims) == key)
+                        query = torch.zeros_like(cost)
+                        query._pyro_dims = cost._pyro_dims
+                        factors.append(query)
+                        queries[key] = query
+                for query in queries.values():
+                    require_backward(query)
+                ring.sumproduct(factors, set().union(*(f._pyro_dims for f in factors)) - ordinal
+                                )._pyro_backward()
+                for cost in cost_terms:
+                    query = queries[frozenset(cost._pyro_dims)]
+                    prob = query._pyro_backward_result.exp()
+                    prob._pyro_dims = query._pyro_dims
+                    mask = prob > 0
+                    mask._pyro_dims = prob._pyro_dims
+                    cost, prob, mask = packed.broadcast_all(cost, prob, mask)
+                    cost = torch.where(mask, cost, cost.new_zeros(()))  # 0 * -inf would be nan
+                    expected = expected + scale * _fulldot(prob, cost)
+        return expected
+
+
+def _dice_elbo(model_trace: Trace, guide_trace: Trace) -> Any:
+    """The enumerated ELBO of one particle: Pyro's ``_compute_dice_elbo`` with :class:`_MaskedDice`."""
+    costs, log_factors, ordering, sum_dims, scale = _compute_model_factors(model_trace, guide_trace)
+    if log_factors:
+        dim_to_size = {d: n for terms in log_factors.values() for t in terms
+                       for d, n in zip(t._pyro_dims, t.shape, strict=True)}
+        with shared_intermediates() as cache:
+            ring = SampleRing(cache=cache, dim_to_size=dim_to_size)
+            log_factors = contract_tensor_tree(log_factors, sum_dims, ring=ring)
+        for t, terms in log_factors.items():
+            costs.setdefault(t, []).extend(packed.scale_and_mask(term, scale=scale) for term in terms)
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample":
+            costs.setdefault(ordering[name], []).append(packed.neg(site["packed"]["log_prob"]))
+    return _MaskedDice(guide_trace, ordering).compute_expectation(costs)
+
+
 class TraceEnum_ELBO(HostFreeLoss, pyro.infer.TraceEnum_ELBO):
     """Pyro's ``TraceEnum_ELBO``: discrete sites summed out exactly. The guide's discrete sites are
     enumerated in parallel (``config_enumerate``), and so are the model's discrete sites that the
@@ -184,7 +248,7 @@ class TraceEnum_ELBO(HostFreeLoss, pyro.infer.TraceEnum_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         elbo: Any = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            particle = _compute_dice_elbo(model_trace, guide_trace)
+            particle = _dice_elbo(model_trace, guide_trace)
             if not is_identically_zero(particle):
                 elbo = elbo + particle
         if not isinstance(elbo, torch.Tensor):
@@ -264,7 +328,20 @@ class ScoreFunction_ELBO(Trace_ELBO):
         self.sites = sites
 
     def _get_trace(self, model, guide, args, kwargs):
-        return super()._get_trace(model, no_rsample(self.sites)(guide), args, kwargs)
+        model_trace, guide_trace = super()._get_trace(model, no_rsample(self.sites)(guide), args, kwargs)
+        for site in latent_sites(guide_trace):
+            if isinstance(_base(site["fn"]), pyro.distributions.Delta):
+                raise PyrovaeError(
+                    f"estimator 'score' needs guide sites with a density, but {site['name']!r} is a "
+                    "point mass (Delta, an auto-encoder's code), whose score is zero: the guide would "
+                    "get no gradient; use 'trace'")
+        return model_trace, guide_trace
+
+
+def _base(fn: Any) -> Any:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
 
 
 # ---- sticking the landing ------------------------------------------------------------------------
@@ -341,8 +418,10 @@ class _ImportanceWeighted(HostFreeLoss, ELBO):
     def _log_weights(self, model, guide, args, kwargs) -> tuple[torch.Tensor, list, bool]:
         traces = list(self._get_traces(model, guide, args, kwargs))
         vectorized = self.vectorize_particles and self.num_particles > 1
-        # Pyro counts the vectorized particle plate in max_plate_nesting (at its leftmost dim)
-        log_ws = [log_weight(m, g, int(self.max_plate_nesting)) for m, g in traces]
+        # Pyro counts the vectorized particle plate in max_plate_nesting (at its leftmost dim);
+        # unvectorized, the particles are stacked at dim 0 instead
+        depth = int(self.max_plate_nesting) if vectorized else 0
+        log_ws = [log_weight(m, g, depth) for m, g in traces]
         if not isinstance(log_ws[0], torch.Tensor):
             raise _no_sites()
         log_w = log_ws[0] if vectorized else torch.stack(log_ws)

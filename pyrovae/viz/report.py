@@ -20,7 +20,7 @@ def _images(t: torch.Tensor) -> bool:
 
 
 def save_run_figures(run, n_images: int = 64, seed: int = 0) -> dict[str, Path]:
-    """Write ``figures/{losses,reconstructions,samples,latents}.png`` of a :class:`~pyrovae.train.Run`.
+    """Write ``figures/{losses,reconstructions,samples,latents}.png`` of a :class:`~pyrovae.training.Run`.
 
     Reconstructions show 16 held-out examples drawn at random (seeded), not the first ones: some
     data sets are stored sorted by class.

@@ -20,7 +20,7 @@ from pyrovae.errors import PyrovaeError
 from pyrovae.experiments.toy import exact
 from pyrovae.experiments.toy.data import check_data, check_positive_int
 from pyrovae.experiments.toy.model import PARAM_NAMES, BernoulliToy, get_estimator
-from pyrovae.train.loop import train
+from pyrovae.training.loop import train
 
 Record = dict[str, float | int | str]
 

@@ -43,8 +43,8 @@ from pyrovae.models.contract import (
     state_of,
 )
 from pyrovae.models.registry import build_model, from_spec, model_name
-from pyrovae.train import distributed, steps
-from pyrovae.train.config import BUILTIN_OPTIONS, TrainConfig, resolve
+from pyrovae.training import distributed, steps
+from pyrovae.training.config import BUILTIN_OPTIONS, TrainConfig, resolve
 
 EVAL_SEED = 1234  # fixed draw for binarizing held-out data, so runs compare on the same images
 
@@ -154,7 +154,7 @@ def train(
 
     Under ``torchrun`` (or in a process group the caller made) every rank trains on its shard of each
     global batch of ``batch_size`` and rank 0 alone writes ``run_dir`` and evaluates; see
-    :mod:`pyrovae.train.distributed`.
+    :mod:`pyrovae.training.distributed`.
     """
     user_model = model if model is not None and not isinstance(model, str) else None
     if isinstance(model, str):
@@ -360,7 +360,7 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
     Each step is ``elbo.differentiable_loss`` of model and guide under the KL weight of the
     schedule (:class:`~pyrovae.infer.beta.KLWeight`, a device tensor updated in place), then the
     gradient sum over ranks and the optimizer update; eager or replayed from a CUDA graph
-    (:mod:`pyrovae.train.steps`). Losses are summed on the device and read every step on the CPU,
+    (:mod:`pyrovae.training.steps`). Losses are summed on the device and read every step on the CPU,
     every :data:`CHECK_EVERY` steps and at each epoch's end on a GPU. A NaN/inf loss or parameter
     raises :class:`TrainingDiverged` before the epoch's checkpoint.
     """
@@ -594,7 +594,9 @@ def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
     if model is None:
         if user:
             raise PyrovaeError(f"{run_dir} trained a user model ({config.model[5:]}): pass a new instance "
-                               "of it, load_run(run_dir, model=YourModel(...))")
+                               f"of it, load_run(run_dir, model=YourModel(...)) (on the command line: "
+                               f"--model {config.model[5:].rpartition('.')[0]}:"
+                               f"{config.model.rpartition('.')[2]})")
         model = from_spec(_checkpoint_spec(ckpt))
     elif isinstance(model, str):
         raise PyrovaeError(f"load_run rebuilds built-in models itself: pass model=None, not {model!r}")

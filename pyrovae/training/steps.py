@@ -28,7 +28,7 @@ import torch
 
 from pyrovae.errors import PyrovaeError
 from pyrovae.infer.registry import capture_problem
-from pyrovae.train.distributed import GradientSum
+from pyrovae.training.distributed import GradientSum
 
 COMPILE_MODES = ("eager", "graph", "auto")
 WARMUP_STEPS = 3  # eager steps (real training steps) on a side stream before capture
