@@ -34,10 +34,10 @@ def command_line() -> Iterator[None]:
         _CLI.reset(token)
 
 
-def label(name: str) -> str:
-    """``"z_dim"`` from Python, ``"--z-dim"`` under the command line."""
+def label(name: str, flag: str | None = None) -> str:
+    """``"z_dim"`` from Python, ``"--z-dim"`` (or ``flag``) under the command line."""
     if _CLI.get():
-        return _FLAGS.get(name, "--" + name.replace("_", "-"))
+        return flag or _FLAGS.get(name, "--" + name.replace("_", "-"))
     return name
 
 

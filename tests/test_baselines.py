@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.experiments.baselines import compare_models
 from pyrovae.cli import main
 from pyrovae.errors import PyrovaeError
+from pyrovae.experiments.baselines import compare_models
 
 GREY = dict(dataset="digits", binarize="none", likelihood="gaussian", obs_scale=0.1, epochs=6,
             hidden=[64], z_dim=4)

@@ -20,7 +20,6 @@ from pyrovae.infer.beta import KLWeight, kl_weight
 from pyrovae.infer.registry import make_elbo
 from pyrovae.training.loop import train
 
-
 # --------------------------------------------------------------------------- the handler
 
 
@@ -193,8 +192,13 @@ def grey_digits(digits):
     return digits.subset(600, 100)
 
 
-def test_large_beta_gives_a_smaller_kl_than_beta_one(grey_digits):
-    one = train(data=grey_digits, beta=1.0, progress=False, **GREY)
+@pytest.fixture(scope="module")
+def beta_one(grey_digits):
+    return train(data=grey_digits, beta=1.0, progress=False, **GREY)
+
+
+def test_large_beta_gives_a_smaller_kl_than_beta_one(grey_digits, beta_one):
+    one = beta_one
     eight = train(data=grey_digits, beta=8.0, progress=False, **GREY)
     kl_one, kl_eight = one.metrics[-1]["test_kl"], eight.metrics[-1]["test_kl"]
     assert kl_eight < 0.7 * kl_one
@@ -202,9 +206,9 @@ def test_large_beta_gives_a_smaller_kl_than_beta_one(grey_digits):
     assert eight.metrics[-1]["test_recon"] < one.metrics[-1]["test_recon"]
 
 
-def test_beta_zero_trains_without_a_prior_pull(grey_digits):
+def test_beta_zero_trains_without_a_prior_pull(grey_digits, beta_one):
     zero = train(data=grey_digits, beta=0.0, progress=False, **GREY)
-    one = train(data=grey_digits, beta=1.0, progress=False, **GREY)
+    one = beta_one
     assert zero.metrics[-1]["test_kl"] > 2 * one.metrics[-1]["test_kl"]
 
 

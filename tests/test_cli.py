@@ -120,3 +120,53 @@ def test_a_user_models_run_is_refused_by_the_commands_in_one_line(tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
         assert "user model" in err and "TinyUserVAE" in err, err
+
+
+class LabelledImageVAE(nn.Module):
+    """A user's conditional model (labels as a second input) that observes whole 1x8x8 images."""
+
+    inputs = ("x", "y")
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(64 + 10, 4), nn.Linear(2 + 10, 64)
+
+    @staticmethod
+    def join(h, y):
+        y = nn.functional.one_hot(y, 10).to(h.dtype)
+        return torch.cat([h, y.expand(*h.shape[:-1], 10)], -1)
+
+    def model(self, x, y):
+        pyro.module("dec", self.dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0).expand([2]).to_event(1))
+            logits = self.dec(self.join(z, y))
+            pyro.sample("x", dist.Bernoulli(logits=logits.unflatten(-1, (1, 8, 8))).to_event(3), obs=x)
+
+    def guide(self, x, y):
+        pyro.module("enc", self.enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = self.enc(self.join(x.flatten(1), y)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def test_a_user_model_through_the_commands(tmp_path, capsys):
+    run, spec = tmp_path / "user", "tests.test_cli:LabelledImageVAE"
+    base = ["--dataset", "digits", "--limit", "100", "--binarize", "dynamic", "--no-progress"]
+    assert main(["train", "--model", spec, *base, "--epochs", "1", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "user:tests.test_cli.LabelledImageVAE"
+    assert main(["train", "--resume", str(run), "--model", spec, "--epochs", "2",
+                 "--no-progress"]) == 0
+    assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--model", spec, "--iwae-k", "5"]) == 0, capsys.readouterr().err
+    result = json.loads((run / "eval.json").read_text())
+    assert result["iwae_k"] == 5 and result["log_px"] >= result["elbo"] - 0.1
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run), "--model", spec, "--n", "9", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["evaluate", str(run), "--model", "tests.test_cli:NoSuchClass"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NoSuchClass" in err, err

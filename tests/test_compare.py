@@ -268,9 +268,10 @@ def test_compare_a_user_model_factory(data, tmp_path):
         starts.append({k: v.clone() for k, v in obj.state_dict().items()})
         return obj
 
-    rows = compare(tmp_path, ["trace", "iwae:3"], epochs=1, data=data, iwae_k=20, curve_k=5,
+    # iwae:1 is the one-sample ELBO, estimated as trace does: from one start, the same run
+    rows = compare(tmp_path, ["trace", "iwae:1"], epochs=1, data=data, iwae_k=20, curve_k=5,
                    draws=5, grad_batch=16, snr_ks=(1, 2), model=factory, **USER)
-    assert [r["estimator"] for r in rows] == ["trace", "iwae:3"]
+    assert [r["estimator"] for r in rows] == ["trace", "iwae:1"]
     for r in rows:
         run_dir = tmp_path / r["run"]
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -286,9 +287,14 @@ def test_compare_a_user_model_factory(data, tmp_path):
         pyro.set_rng_seed(0)
         assert r["log_px"] == pytest.approx(pyrovae.log_likelihood(saved.model, x, 20).mean().item(),
                                             abs=1e-4)
-    # one fresh instance per estimator, built after seeding: every run starts from the same weights
+    # one fresh instance per estimator, built after seeding: every run starts from the same weights,
+    # the pyro.param ones included (the first run's trained pixel_bias must not carry on)
     assert len(starts) == 2
     assert all(torch.equal(v, starts[1][k]) for k, v in starts[0].items())
+    biases = [torch.load(tmp_path / r["run"] / "checkpoint.pt", weights_only=True)["state"]["params"]
+              ["pixel_bias"] for r in rows]
+    assert torch.equal(biases[0], biases[1])
+    assert rows[0]["test_elbo"] == rows[1]["test_elbo"]
     with open(tmp_path / "snr_vs_k.csv") as f:
         assert [(t["family"], t["k"]) for t in csv.DictReader(f)] == [
             ("iwae", "1"), ("iwae", "2"), ("dreg", "1"), ("dreg", "2")]

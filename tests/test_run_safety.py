@@ -23,7 +23,8 @@ def small(digits):
 
 def test_a_trained_run_is_not_overwritten_by_accident(tmp_path, small):
     train(data=small, run_dir=tmp_path, **TINY)
-    with pytest.raises(PyrovaeError, match=r"already holds a trained run: resume it with (resume=True|--resume)"):
+    with pytest.raises(PyrovaeError,
+                       match=r"already holds a trained run: resume it with (resume=True|--resume)"):
         train(data=small, run_dir=tmp_path, **TINY)
     run = train(data=small, run_dir=tmp_path, overwrite=True, **{**TINY, "z_dim": 3})
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["spec"]["z_dim"] == 3

@@ -23,7 +23,6 @@ from pyrovae.evaluation.metrics import elbo_terms, log_likelihood
 from pyrovae.infer.beta import KLWeight
 from pyrovae.infer.registry import capture_problem, estimator_names, make_elbo
 from pyrovae.models.vae import VAE, AutoEncoder, DenoisingAutoEncoder
-
 from pyrovae.training import loop as training
 from pyrovae.training import steps
 from pyrovae.training.distributed import Context, GradientSum

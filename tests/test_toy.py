@@ -12,8 +12,8 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
-from pyrovae.errors import PyrovaeError
 from pyrovae.cli import toy as toy_cli
+from pyrovae.errors import PyrovaeError
 from pyrovae.experiments.toy import exact, plots
 from pyrovae.experiments.toy.data import check_data, sample_data
 from pyrovae.experiments.toy.fit import fit_toy

@@ -94,15 +94,15 @@ def _evaluate(args) -> int:
     from pyrovae.training.loop import EVAL_SEED, load_run
 
     run = load_run(args.run, model=user_model(args.model), device=args.device)
-    x = run.data.test_x
-    if args.split == "train":
-        x = run.data.train_x
-        if run.config.binarize == "dynamic":  # grey levels: one fixed draw, like held-out data
-            x = binarize(x.cpu(), torch.Generator().manual_seed(EVAL_SEED)).to(x.device)
+    batch = run.data.inputs(args.split, run.inputs)  # every input the model takes, labels too
+    if args.split == "train" and run.config.binarize == "dynamic":
+        x = batch[0]  # grey levels: one fixed draw, like held-out data
+        batch = (binarize(x.cpu(), torch.Generator().manual_seed(EVAL_SEED)).to(x.device), *batch[1:])
     if args.limit is not None:
         if args.limit < 1:
             raise PyrovaeError(f"--limit must be >= 1, got {args.limit}")
-        x = x[: args.limit]
+        batch = tuple(t[: args.limit] for t in batch)
+    x = batch if len(batch) > 1 else batch[0]
     if args.batch_size < 1:
         raise PyrovaeError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate(run.vae, x, iwae_k=args.iwae_k, batch_size=args.batch_size, seed=args.seed)

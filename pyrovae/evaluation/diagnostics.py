@@ -18,7 +18,9 @@ __all__ = ["gradient_draws", "gradient_stats", "param_groups"]
 
 def param_groups(model: Any, batch: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
     """``{"guide": ..., "model": ...}``: the trainable tensors each program uses (a tensor both use
-    counts as the guide's), found from one trace of each on ``batch``."""
+    counts as the guide's), found from one trace of each on ``batch``. ``pyro.param`` tensors are
+    those of the param store in use: call it and the gradient functions in the same store (as
+    :func:`pyrovae.gradient_report` does, under :func:`pyrovae.models.contract.own_params`)."""
     from pyrovae.models.contract import param_tensor, traces
 
     model_tr, guide_tr = traces(model, tuple(batch))
@@ -62,6 +64,10 @@ def gradient_draws(
     seconds = 0.0
     try:
         with torch.random.fork_rng(devices=[]):
+            if elbo.max_plate_nesting == float("inf"):
+                # Pyro finds the nesting by running model and guide once, drawing noise: do it
+                # before seeding, so a fresh estimator draws what a used one does
+                elbo._guess_max_plate_nesting(model, guide, tuple(args), kwargs)
             torch.manual_seed(seed)
             for _ in range(draws):
                 for p in params:

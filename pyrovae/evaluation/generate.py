@@ -18,6 +18,7 @@ from pyrovae import checks
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.metrics import Data, as_batch, encode_sites, evaluating, program_of
 from pyrovae.infer.traces import latent_sites
+from pyrovae.models.contract import with_own_params
 
 __all__ = ["encode", "reconstruct", "remember_inputs", "sample"]
 
@@ -33,6 +34,7 @@ def remember_inputs(model: Any, batch: tuple[torch.Tensor, ...]) -> None:
         pass
 
 
+@with_own_params
 def encode(model: Any, data: Data, site: str | None = None, batch_size: int = 1000
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and standard deviations ``(N, D)`` of latent ``site`` for the inputs ``data``.
@@ -71,6 +73,7 @@ def template(model: Any, n: int, like: Data | None = None) -> tuple[torch.Tensor
     return (torch.zeros((n, *shape), device=device),)
 
 
+@with_own_params
 def sample(model: Any, n: int = 64, seed: int | None = None, *, inputs: Data | None = None,
            like: Data | None = None, site: str | None = None, mean: bool = True) -> torch.Tensor:
     """``n`` samples of observed ``site`` from the model's prior: the model runs unconditioned on
@@ -104,6 +107,7 @@ def sample(model: Any, n: int = 64, seed: int | None = None, *, inputs: Data | N
         return value.movedim(program.batch_dim - event, 0) if value.dim() > event else value
 
 
+@with_own_params
 def reconstruct(model: Any, data: Data, site: str | None = None, batch_size: int = 1000) -> torch.Tensor:
     """The mean of observed ``site`` given the guide's posterior means of every latent site (a
     discrete site keeps its draw): ``E[x | z = E_q[z | x]]``, shaped like the observation."""

@@ -29,7 +29,7 @@ from pyrovae import checks
 from pyrovae.errors import PyrovaeError
 from pyrovae.infer.estimators import TraceEnum_ELBO
 from pyrovae.infer.traces import latent_sites, observed_sites, sample_sites, site_log_prob
-from pyrovae.models.contract import Program, inspect_program, rng_untouched, traces
+from pyrovae.models.contract import Program, inspect_program, rng_untouched, traces, with_own_params
 
 __all__ = ["MAX_ELEMENTS", "active_units", "as_batch", "elbo_terms", "evaluate", "log_likelihood",
            "log_weights", "program_of"]
@@ -114,6 +114,7 @@ def _closed_form_sites(model: Any, batch: tuple[torch.Tensor, ...], program: Pro
     return closed
 
 
+@with_own_params
 @torch.no_grad()
 def elbo_terms(model: Any, data: Data, batch_size: int = 1000) -> dict[str, Any]:
     """Mean ELBO, reconstruction ``E_q[log p(x|z)]`` and KL per example (one guide draw each).
@@ -219,6 +220,7 @@ def log_weights(model: Any, batch: tuple[torch.Tensor, ...], k: int, program: Pr
     return total.expand(k, len(batch[0]))
 
 
+@with_own_params
 @torch.no_grad()
 def log_likelihood(model: Any, data: Data, k: int = 1000, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
     """Importance-sampled estimate of ``log p(x)`` per example, ``(N,)``, with ``k`` guide draws.
@@ -229,8 +231,9 @@ def log_likelihood(model: Any, data: Data, k: int = 1000, max_elements: int = MA
     """
     batch = as_batch(data)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise PyrovaeError(f"the number of importance samples ({checks.label('iwae_k')}) must be a whole "
-                           f"number >= 1, got {k!r}")
+        what = checks.label("k", "--iwae-k")
+        raise PyrovaeError(f"the number of importance samples ({what}) must be a whole number >= 1, "
+                           f"got {k!r}")
     program = program_of(model, batch)
     with evaluating(model):
         with rng_untouched(batch):
@@ -242,13 +245,11 @@ def log_likelihood(model: Any, data: Data, k: int = 1000, max_elements: int = MA
         per_draw = max(1, size // min(2, len(batch[0])))  # site elements per example and draw
         per_chunk = max(1, max_elements // (per_draw * k))  # examples per chunk with all k at once
         k_chunk = k if per_chunk > 1 else max(1, max_elements // per_draw)
-        out = torch.empty(len(batch[0]), device=batch[0].device)
-        i = 0
+        out = []
         for part in _chunks(batch, per_chunk):
             parts = [log_weights(model, part, min(k_chunk, k - j), program) for j in range(0, k, k_chunk)]
-            out[i:i + len(part[0])] = torch.logsumexp(torch.cat(parts), dim=0) - math.log(k)
-            i += len(part[0])
-    return out
+            out.append(torch.logsumexp(torch.cat(parts), dim=0) - math.log(k))  # the weights' dtype
+    return torch.cat(out)
 
 
 def encode_sites(model: Any, batch: tuple[torch.Tensor, ...], program: Program, batch_size: int = 1000,
@@ -274,6 +275,7 @@ def encode_sites(model: Any, batch: tuple[torch.Tensor, ...], program: Program, 
     return {name: (torch.cat([m for m, _ in v]), torch.cat([s for _, s in v])) for name, v in parts.items()}
 
 
+@with_own_params
 def active_units(model: Any, data: Data, threshold: float = 0.01, batch_size: int = 1000,
                  per_site: bool = False) -> int | dict[str, int]:
     """Latent dims whose posterior mean varies over the data: ``Var_x E_q[z_d] > threshold``
@@ -290,6 +292,7 @@ def _check_batch_size(batch_size: int) -> None:
     checks.whole(batch_size, "batch_size")
 
 
+@with_own_params
 def evaluate(model: Any, data: Data, iwae_k: int | None = None, batch_size: int = 1000,
              seed: int = 0) -> dict[str, Any]:
     """Held-out summary: ``n``, ELBO, recon, KL (``kl_method``), active units (total and per site)
@@ -305,7 +308,9 @@ def evaluate(model: Any, data: Data, iwae_k: int | None = None, batch_size: int 
     per_site = active_units(model, batch, batch_size=batch_size, per_site=True)
     result["active_units"] = sum(per_site.values())
     result["active_units_per_site"] = per_site
-    if iwae_k and result["elbo"] is not None:
+    if iwae_k is not None:
+        checks.whole(iwae_k, "iwae_k")
+    if iwae_k is not None and result["elbo"] is not None:
         log_px = log_likelihood(model, batch, iwae_k)
         result["iwae_k"] = iwae_k
         result["log_px"] = log_px.mean().item()

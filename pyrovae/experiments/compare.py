@@ -28,7 +28,7 @@ from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.diagnostics import gradient_stats, param_groups
 from pyrovae.evaluation.metrics import Data, as_batch, elbo_terms, log_likelihood
 from pyrovae.infer.registry import make_elbo
-from pyrovae.models.contract import inspect_program
+from pyrovae.models.contract import inspect_program, with_own_params
 from pyrovae.runs import write_csv
 from pyrovae.training.config import TrainConfig
 from pyrovae.training.loop import Run, train
@@ -69,6 +69,7 @@ def parse_estimators(text: str | Sequence[str]) -> list[str]:
     return specs
 
 
+@with_own_params
 def gradient_report(
     model: Any,
     x: Data,
@@ -244,6 +245,10 @@ def compare(
         raise PyrovaeError(f"--eval-n must be a whole number >= 1, got {eval_n}")
     if "estimator" in config or "particles" in config:
         raise PyrovaeError("set the estimators (with their K) through estimators=, not estimator=")
+    if model is not None and not isinstance(model, (str, type)) and hasattr(model, "model"):
+        raise PyrovaeError("compare trains a fresh model per estimator, from the same weights: pass "
+                           "a class or a function that builds one, e.g. model=lambda: MyModel(), "
+                           "not a model object")
     out = Path(out)
     data = _load(data, config)  # once, for every run
     rows, curves, first = [], {}, None
@@ -258,7 +263,8 @@ def compare(
                           "log_px": log_likelihood(run.model, x, curve_k).mean().item()})
 
         instance = model
-        if callable(model) and not isinstance(model, str) and not hasattr(model, "model"):
+        if isinstance(model, type) or (callable(model) and not isinstance(model, str)
+                                       and not hasattr(model, "model")):
             pyro.set_rng_seed(int(config.get("seed", 0)))
             instance = model()
         run = train_budget(out / run_name(spec), data, epochs, seconds, measure, model=instance,

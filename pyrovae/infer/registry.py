@@ -105,7 +105,7 @@ _REGISTRY: dict[str, _Entry] = {
         "that a CUDA graph cannot replay",
     ),
     "enum": _Entry(
-        lambda n, m: TraceEnum_ELBO(**_particles(n, m)),
+        lambda n, m: TraceEnum_ELBO(**_particles(n, m), strict_enumeration_warning=False),
         "TraceEnum_ELBO: discrete sites of guide and model enumerated in parallel, summed exactly",
         capture="estimator 'enum' contracts enumerated tensors with shapes chosen at run time",
         enumerates=True,

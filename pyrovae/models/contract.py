@@ -16,7 +16,11 @@ model takes ``("x", "y")``) and ``max_plate_nesting``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import functools
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +32,9 @@ from torch import nn
 
 from pyrovae.errors import PyrovaeError
 
-__all__ = ["Program", "inputs_of", "inspect_program", "load_state", "module_parameter_ids", "param_tensor",
-           "parameters", "rng_untouched", "state_of", "traces"]
+__all__ = ["Program", "forget_params", "inputs_of", "inspect_program", "load_state",
+           "module_parameter_ids", "own_params", "param_tensor", "parameters", "remember_params",
+           "rng_untouched", "state_of", "traces", "with_own_params"]
 
 INPUTS = ("x", "y")  # data fields a batch can carry, in Dataset order
 
@@ -227,3 +232,67 @@ def load_state(model: Any, program: Program, state: dict[str, dict[str, torch.Te
                 raise PyrovaeError(f"parameter {name!r} has shape {tuple(target.shape)} here and "
                                    f"{tuple(value.shape)} in the checkpoint: build the model as trained")
             target.copy_(value.to(target.device, target.dtype))
+
+
+# ---- pyro.param values belong to the object that trained them ---------------------------------
+
+# model object -> {param-store name: (constrained value, constraint)} after train() or load_run()
+_OWN_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ACTIVE: contextvars.ContextVar[int | None] = contextvars.ContextVar("pyrovae_own_params", default=None)
+
+
+def remember_params(model: Any, values: dict[str, tuple[torch.Tensor, Any]]) -> None:
+    """Record the ``pyro.param`` values ``model`` was trained with (or loaded)."""
+    try:
+        _OWN_PARAMS[model] = dict(values)
+    except TypeError:  # an object that takes no weak references: Pyro's global store only
+        pass
+
+
+def forget_params(model: Any) -> dict[str, tuple[torch.Tensor, Any]]:
+    """Drop (and return) the record: training is about to change the values."""
+    try:
+        return _OWN_PARAMS.pop(model, {})
+    except TypeError:
+        return {}
+
+
+@contextlib.contextmanager
+def own_params(model: Any) -> Iterator[None]:
+    """Run the block with ``model``'s own ``pyro.param`` values in Pyro's param store.
+
+    Pyro keeps ``pyro.param`` values in one global store, by name: two trained VampPriors both
+    call theirs ``"pseudo_inputs"``. Inside this block the store holds what this object was trained
+    with (a scope of its own, left as it was afterwards); objects pyrovae has not trained use the
+    global store as Pyro does.
+    """
+    values = _OWN_PARAMS.get(model) if _weakrefable(model) else None
+    if values is None or _ACTIVE.get() == id(model):
+        yield
+        return
+    store = pyro.get_param_store()
+    token = _ACTIVE.set(id(model))
+    try:
+        with store.scope():
+            for name, (value, constraint) in values.items():
+                store.setdefault(name, value.detach().clone(), constraint)  # a leaf of its own
+            yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def with_own_params(fn: Callable) -> Callable:
+    """Decorate a function whose first argument is a model with :func:`own_params`."""
+    @functools.wraps(fn)
+    def wrapped(model, *args, **kwargs):
+        with own_params(model):
+            return fn(model, *args, **kwargs)
+    return wrapped
+
+
+def _weakrefable(model: Any) -> bool:
+    try:
+        weakref.ref(model)
+    except TypeError:
+        return False
+    return True

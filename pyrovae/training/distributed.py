@@ -157,7 +157,7 @@ class GradientSum:
                     p.grad = view.clone()
                 else:
                     p.grad.copy_(view)
-        return self.flat[-1]
+        return self.flat[-1].clone()  # the buffer is zeroed for the next step
 
 
 def _env_int(name: str, default: int) -> int:

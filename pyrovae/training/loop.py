@@ -35,10 +35,12 @@ from pyrovae.infer.registry import enumerates, make_elbo
 from pyrovae.infer.schedules import Schedule, from_dict, parse_schedule, to_dict
 from pyrovae.models.contract import (
     Program,
+    forget_params,
     inputs_of,
     inspect_program,
     load_state,
     parameters,
+    remember_params,
     rng_untouched,
     state_of,
 )
@@ -238,11 +240,10 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
     # CUDA streams, graphs and the default generator belong to the current device: make it ours
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     store = pyro.get_param_store()
-    outer = {name: (store[name].detach(), constraint)
-             for name, constraint in store.get_state()["constraints"].items()}
+    outer = forget_params(model)  # this object's pyro.param values from an earlier train()
     with store.scope(), on_device:  # no param names leak into other models while training
         program = _check_program(model, train_batch, config)
-        _adopt_params(outer, program)  # pyro.param values trained before continue, like modules
+        _adopt_params(outer, program)  # this object's pyro.param values continue, like its modules
         run.program = program
         elbo = make_elbo(config.estimator, config.particles, program.max_plate_nesting)
         params = parameters(model, program)
@@ -274,7 +275,8 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
                     (run_dir / name).unlink(missing_ok=True)
         fit(run, optimizer, elbo, train_batch, test_batch, ckpt, progress and ctx.is_main, ctx, callbacks)
         trained = _param_values(program)
-    _restore_params(trained)  # the trained pyro.param values stay usable after the scope
+    remember_params(model, trained)  # evaluation functions use them (models.contract.own_params)
+    _restore_params(trained)  # and Pyro's global store holds them, as after Pyro's own SVI
     if figures and run_dir is not None:
         from pyrovae.viz.report import save_run_figures
 
@@ -329,7 +331,7 @@ def _restore_params(values: dict[str, tuple[torch.Tensor, Any]]) -> None:
     for name, (value, constraint) in values.items():
         if name in store:
             del store[name]
-        store.setdefault(name, value, constraint)
+        store.setdefault(name, value.detach().clone(), constraint)  # not the recorded tensor itself
 
 
 def make_optimizer(params: Sequence[torch.Tensor], lr: float, capturable: bool = False) -> torch.optim.Adam:
@@ -609,8 +611,10 @@ def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
         dataset = prepare_data(config, data if isinstance(data, Dataset) else None).to(device)
     fields = tuple(ckpt.get("inputs", {}).get("fields", ["x"]))
     batch = dataset.inputs("train", fields) if dataset is not None else _placeholder_batch(ckpt, device)
+    forget_params(model)
     program = inspect_program(model, tuple(t[:2] for t in batch))
     load_state(model, program, _checkpoint_state(ckpt))
+    remember_params(model, _param_values(program))
     remember_inputs(model, batch)
     _train_mode(model, False)
     schedule = from_dict(ckpt["schedule"])
