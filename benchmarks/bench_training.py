@@ -181,8 +181,11 @@ def bench_training(args, data, device) -> tuple[pyrovae.Run, HandVAE]:
 
 def bench_compile(args, data, device) -> None:
     """One step of pyrovae's loss and backward, eager against ``torch.compile``: median seconds."""
+    import logging
+
     import torch._dynamo
 
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # recompile-limit warnings: counted below
     from pyrovae.infer.beta import KLWeight
     from pyrovae.infer.registry import make_elbo
 

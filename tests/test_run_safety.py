@@ -63,7 +63,7 @@ def test_broken_and_foreign_checkpoints(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoint.pt")
     with pytest.raises(PyrovaeError, match="did not write"):
         load_run(tmp_path)
-    with pytest.raises(PyrovaeError, match="--device must be cpu, cuda or cuda:N"):
+    with pytest.raises(PyrovaeError, match="device must be cpu, cuda or cuda:N"):
         load_run(tmp_path, device="tpu")
 
 

@@ -50,7 +50,7 @@ def test_round_trip_through_plain_data(spec):
 
 
 @pytest.mark.parametrize("spec,beta,match", [
-    ("constant", -1.0, "--beta must be a finite number >= 0"),
+    ("constant", -1.0, "beta must be a finite number >= 0"),
     ("cyclical:cycles=0", 1.0, "whole number of cycles >= 1"),
     ("cyclical:ratio=0", 1.0, r"ratio in \(0, 1\]"),
     ("cyclical:ratio=1.5", 1.0, r"ratio in \(0, 1\]"),

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from pyrovae import checks
 from pyrovae.data.datasets import Dataset, load_dataset
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.generate import encode, sample
@@ -57,7 +58,7 @@ def compare_models(
     if unknown:
         raise PyrovaeError(f"unknown sampler(s) {unknown}: choose from {', '.join(SAMPLER_NAMES)}")
     if n_samples < 1:
-        raise PyrovaeError(f"--n-samples must be >= 1, got {n_samples}")
+        raise PyrovaeError(f"{checks.label('n_samples')} must be >= 1, got {n_samples}")
     out = Path(out)
     if data is None:
         data = load_dataset(config.get("dataset", "mnist-5k"), config.get("data_dir"))

@@ -12,7 +12,6 @@ training time, and guide/model SNR against K for IWAE and DReG.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import pyro
 import torch
 from matplotlib.figure import Figure
 
+from pyrovae import checks
 from pyrovae.data.datasets import Dataset, binarize, load_dataset
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.diagnostics import gradient_stats, param_groups
@@ -190,13 +190,12 @@ def _load(data: Dataset | None, config: dict[str, Any]) -> Dataset:
 def check_budget(epochs: int | None, seconds: float | None) -> None:
     """Exactly one of a whole number of epochs >= 1 or a positive number of seconds."""
     if (epochs is None) == (seconds is None):
-        raise PyrovaeError("give exactly one budget: --epochs N or --seconds S")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
-                               or epochs < 1):
-        raise PyrovaeError(f"--epochs must be a whole number >= 1, got {epochs}")
-    if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds)
-                                    and seconds > 0):
-        raise PyrovaeError(f"--seconds must be a positive number, got {seconds}")
+        raise PyrovaeError(f"give exactly one budget: {checks.label('epochs')} N or "
+                           f"{checks.label('seconds')} S")
+    if epochs is not None:
+        checks.whole(epochs, "epochs")
+    if seconds is not None:
+        checks.positive(seconds, "seconds")
 
 
 def run_name(spec: str) -> str:
@@ -238,11 +237,10 @@ def compare(
     """
     specs = parse_estimators(estimators)
     check_budget(epochs, seconds)
-    for name, value in (("--iwae-k", iwae_k), ("--curve-k", curve_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PyrovaeError(f"{name} must be a whole number >= 1, got {value}")
-    if eval_n is not None and (not isinstance(eval_n, int) or eval_n < 1):
-        raise PyrovaeError(f"--eval-n must be a whole number >= 1, got {eval_n}")
+    checks.whole(iwae_k, "iwae_k")
+    checks.whole(curve_k, "curve_k")
+    if eval_n is not None:
+        checks.whole(eval_n, "eval_n")
     if "estimator" in config or "particles" in config:
         raise PyrovaeError("set the estimators (with their K) through estimators=, not estimator=")
     if model is not None and not isinstance(model, (str, type)) and hasattr(model, "model"):

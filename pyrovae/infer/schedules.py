@@ -21,12 +21,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pyrovae import checks
 from pyrovae.errors import PyrovaeError
 
 
 def _check_beta(beta: float) -> float:
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
-        raise PyrovaeError(f"--beta must be a finite number >= 0, got {beta}")
+        raise PyrovaeError(f"{checks.label('beta')} must be a finite number >= 0, got {beta}")
     return float(beta)
 
 

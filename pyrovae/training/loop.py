@@ -25,7 +25,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyrovae import runs
+from pyrovae import checks, runs
 from pyrovae.data.datasets import Dataset, binarize, check_binarize_mode, load_dataset
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.generate import remember_inputs
@@ -89,7 +89,7 @@ class Run:
 def resolve_device(name: str) -> torch.device:
     """``torch.device(name)``, with a clear error when CUDA is asked for but absent."""
     if name != "cpu" and not (name == "cuda" or re.fullmatch(r"cuda:\d+", name)):
-        raise PyrovaeError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+        raise PyrovaeError(f"{checks.label('device')} must be cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PyrovaeError(
             f"--device {name} asked for, but no CUDA GPU is available: use --device cpu")
