@@ -53,13 +53,15 @@ class Program:
     params: tuple[str, ...]  # param-store names used by model and guide, beyond the module's own
 
 
-def inputs_of(model: Any) -> tuple[str, ...]:
-    """The data fields the model's batch holds: ``model.inputs`` or ``("x",)``."""
-    inputs = tuple(getattr(model, "inputs", ("x",)))
-    if not inputs or any(i not in INPUTS for i in inputs) or len(set(inputs)) != len(inputs):
-        raise PyrovaeError(f"model.inputs must name data fields among {INPUTS}, such as ('x',) or "
-                           f"('x', 'y'), got {inputs!r}")
-    return inputs
+def inputs_of(model: Any, inputs: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The data fields the model's batch holds: ``inputs`` if given, else ``model.inputs``, else
+    ``("x",)``; checked."""
+    what = "inputs" if inputs is not None else "model.inputs"
+    fields = tuple(inputs if inputs is not None else getattr(model, "inputs", ("x",)))
+    if not fields or any(i not in INPUTS for i in fields) or len(set(fields)) != len(fields):
+        raise PyrovaeError(f"{what} must name data fields among {INPUTS}, such as ('x',) or "
+                           f"('x', 'y'), got {fields!r}")
+    return fields
 
 
 def _check_methods(model: Any) -> None:

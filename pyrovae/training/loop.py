@@ -224,9 +224,7 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
     model = user_model if user_model is not None else build_vae(config, data.shape)
     if isinstance(model, nn.Module):
         model.to(device)
-    fields = tuple(inputs) if inputs is not None else inputs_of(model)
-    if inputs is not None:
-        inputs_of(type("Inputs", (), {"inputs": fields})())  # the same check as for model.inputs
+    fields = inputs_of(model, inputs)
     train_batch, test_batch = data.inputs("train", fields), data.inputs("test", fields)
     remember_inputs(model, train_batch)
     if config.binarize == "none" and hasattr(model, "likelihood") and user_model is None:
