@@ -62,8 +62,9 @@ def gradient_draws(
     saved = [p.grad for p in params]
     samples: dict[str, list[torch.Tensor]] = {name: [] for name in groups}
     seconds = 0.0
+    devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=devices):  # manual_seed below reseeds CUDA too
             if elbo.max_plate_nesting == float("inf"):
                 # Pyro finds the nesting by running model and guide once, drawing noise: do it
                 # before seeding, so a fresh estimator draws what a used one does

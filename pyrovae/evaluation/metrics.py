@@ -28,7 +28,7 @@ from torch.distributions import kl_divergence
 from pyrovae import checks
 from pyrovae.errors import PyrovaeError
 from pyrovae.infer.estimators import TraceEnum_ELBO
-from pyrovae.infer.traces import latent_sites, observed_sites, sample_sites, site_log_prob
+from pyrovae.infer.traces import dependences, latent_sites, observed_sites, sample_sites, site_log_prob
 from pyrovae.models.contract import Program, inspect_program, rng_untouched, traces, with_own_params
 
 __all__ = ["MAX_ELEMENTS", "active_units", "as_batch", "elbo_terms", "evaluate", "log_likelihood",
@@ -74,9 +74,9 @@ def evaluating(model: Any) -> Iterator[None]:
 
 
 def program_of(model: Any, batch: tuple[torch.Tensor, ...]) -> Program:
-    """The contract check on the first examples of ``batch`` (two when there are two)."""
+    """The contract check on the first examples of ``batch`` (three when there are three)."""
     with evaluating(model):
-        return inspect_program(model, tuple(t[:2] for t in batch))
+        return inspect_program(model, tuple(t[:3] for t in batch))
 
 
 def _no_prior(model_tr) -> bool:
@@ -90,6 +90,7 @@ def _closed_form_sites(model: Any, batch: tuple[torch.Tensor, ...], program: Pro
     out must not change the distribution of what the guide draws after it)."""
     with torch.enable_grad(), evaluating(model), rng_untouched(batch):
         model_tr, guide_tr = traces(model, tuple(t[:2] for t in batch))
+        depended_on = {on for _, on in dependences(guide_tr)}
     sites = [s for s in latent_sites(guide_tr) if s["name"] in model_tr.nodes]
     closed = {}
     for i, site in enumerate(sites):
@@ -98,19 +99,12 @@ def _closed_form_sites(model: Any, batch: tuple[torch.Tensor, ...], program: Pro
         except NotImplementedError:
             closed[site["name"]] = False
             continue
-        later = sites[i + 1:]
-        if not later:
+        if i == len(sites) - 1:  # nothing is drawn after it
             closed[site["name"]] = True
-            continue
-        value = site["value"]
-        if not value.requires_grad:  # dependence unknown (e.g. a discrete site): Monte Carlo
+        elif not site["value"].requires_grad:  # dependence unknown (a discrete site): Monte Carlo
             closed[site["name"]] = False
-            continue
-        terms = [s["fn"].log_prob(s["value"].detach()).sum() for s in later]
-        depends = any(t.requires_grad and torch.autograd.grad(t, value, retain_graph=True,
-                                                              allow_unused=True)[0] is not None
-                      for t in terms)
-        closed[site["name"]] = not depends
+        else:
+            closed[site["name"]] = site["name"] not in depended_on
     return closed
 
 
@@ -266,8 +260,11 @@ def encode_sites(model: Any, batch: tuple[torch.Tensor, ...], program: Program, 
                 fn = site["fn"]
                 try:
                     mean, std = fn.mean, fn.stddev
-                except NotImplementedError:
-                    draws = fn.sample((mc_samples,)).to(site["value"].dtype)
+                    closed = bool(torch.isfinite(mean).all() and torch.isfinite(std).all())
+                except NotImplementedError:  # a flow
+                    closed = False
+                if not closed:  # no closed form (a flow), or a NaN one (torch's Categorical)
+                    draws = fn.sample((mc_samples,)).to(torch.get_default_dtype())
                     mean, std = draws.mean(0), draws.std(0)
                 dim, n = program.batch_dim - len(fn.event_shape), len(part[0])
                 rows = [t.movedim(dim, 0).reshape(n, -1) for t in (mean, std)]

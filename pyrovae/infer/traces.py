@@ -18,8 +18,9 @@ from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import PyrovaeError
 
-__all__ = ["align", "latent_sites", "log_weight", "observed_sites", "path_scale", "require_reparameterized",
-           "sample_sites", "site_log_prob", "sum_keepdim"]
+__all__ = ["align", "dependences", "latent_sites", "log_weight", "observed_sites", "path_scale",
+           "require_independent", "require_reparameterized", "sample_sites", "site_log_prob",
+           "sum_keepdim"]
 
 
 def sample_sites(trace: Trace) -> list[dict]:
@@ -46,6 +47,37 @@ def site_log_prob(site: dict, scaled: bool = True) -> torch.Tensor:
         return site["log_prob"]
     log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_p, site["scale"] if scaled else 1.0, site["mask"])
+
+
+def dependences(guide_trace: Trace) -> list[tuple[str, str]]:
+    """``(site, depends_on)`` pairs of latent guide sites whose distribution depends on another
+    site's (reparameterized) value, found with autograd: trace the guide with gradients enabled.
+    A value drawn without a path (a discrete site) shows no dependence here."""
+    sites = latent_sites(guide_trace)
+    pairs = []
+    for site in sites:
+        value = site["value"]
+        if not (isinstance(value, torch.Tensor) and value.requires_grad):
+            continue
+        for other in sites:
+            if other is site:
+                continue
+            term = other["fn"].log_prob(other["value"].detach()).sum()
+            if term.requires_grad and torch.autograd.grad(term, value, retain_graph=True,
+                                                          allow_unused=True)[0] is not None:
+                pairs.append((other["name"], site["name"]))
+    return pairs
+
+
+def require_independent(guide_trace: Trace, estimator: str) -> None:
+    """Raise :class:`PyrovaeError` if a latent guide site's distribution depends on another's value."""
+    pairs = dependences(guide_trace)
+    if pairs:
+        site, on = pairs[0]
+        raise PyrovaeError(
+            f"estimator {estimator!r} needs a guide whose latent sites do not depend on each other, but "
+            f"the distribution of guide site {site!r} depends on the value of {on!r}; use 'trace' or "
+            "'iwae' for hierarchical guides")
 
 
 def require_reparameterized(guide_trace: Trace, estimator: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch import nn
 
 from pyrovae.errors import PyrovaeError
@@ -107,7 +107,6 @@ def inspect_program(model: Any, batch: Sequence[torch.Tensor]) -> Program:
     ``batch`` should hold at least 2 examples, so that the plate over the batch can be told from
     other plates. Raises :class:`PyrovaeError` naming the site and the fix.
     """
-    n = int(batch[0].shape[0])
     with rng_untouched(batch):
         model_tr, guide_tr = traces(model, batch)
     owned = module_parameter_ids(model)
@@ -121,20 +120,7 @@ def inspect_program(model: Any, batch: Sequence[torch.Tensor]) -> Program:
     if not observed:
         raise PyrovaeError("the model observes nothing: a pyrovae model must observe its data with "
                            "pyro.sample(name, distribution, obs=x)")
-    plates: dict[str, int] = {}
-    for role, sites in (("model", model_sites), ("guide", guide_sites)):
-        for site in sites:
-            frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.size == n]
-            if not frames:
-                raise PyrovaeError(
-                    f"{role} site {site['name']!r} is not inside a plate over the batch (size {n}): "
-                    f"wrap it in `with pyro.plate('data', x.shape[0]):` so each example has its own "
-                    "latent and observation")
-            plates.setdefault(frames[-1].name, frames[-1].dim)
-    if len(plates) > 1 and len(set(plates.values())) > 1:
-        raise PyrovaeError(f"sites sit in different plates over the batch ({sorted(plates)}): use one "
-                           "plate (one name and dim) for the batch in model and guide")
-    batch_plate, batch_dim = next(iter(plates.items()))
+    batch_plate, batch_dim = _batch_plate(model, batch, model_sites, guide_sites)
     guide_names = {s["name"] for s in guide_sites}
     model_only = tuple(s["name"] for s in model_sites
                        if not s["is_observed"] and s["name"] not in guide_names)
@@ -183,6 +169,43 @@ def param_tensor(model: Any, site: dict) -> torch.Tensor:
     if init is not None and id(init) in module_parameter_ids(model):
         return init
     return pyro.get_param_store().get_param(site["name"]).unconstrained()
+
+
+def _size_n_plates(site: dict, n: int) -> set[tuple[str, int]]:
+    return {(f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized and f.size == n}
+
+
+def _batch_plate(model: Any, batch: Sequence[torch.Tensor], model_sites: list[dict],
+                 guide_sites: list[dict]) -> tuple[str, int]:
+    """``(name, dim)`` of the plate over the batch: of size ``n`` and shared by every sample site.
+    A plate inside it that happens to have size ``n`` too (a per-feature plate) is told apart by
+    tracing once more with one example fewer."""
+    n = int(batch[0].shape[0])
+    common: set[tuple[str, int]] | None = None
+    for role, sites in (("model", model_sites), ("guide", guide_sites)):
+        for site in sites:
+            frames = _size_n_plates(site, n)
+            if not frames:
+                raise PyrovaeError(
+                    f"{role} site {site['name']!r} is not inside a plate over the batch (size {n}): "
+                    f"wrap it in `with pyro.plate('data', x.shape[0]):` so each example has its own "
+                    "latent and observation")
+            common = frames if common is None else common & frames
+    if not common:
+        names = sorted({f[0] for s in model_sites + guide_sites for f in _size_n_plates(s, n)})
+        raise PyrovaeError(f"sites sit in different plates over the batch ({names}): use one plate "
+                           "(one name and dim) for the batch in model and guide")
+    if len(common) > 1 and n >= 3:
+        fewer = tuple(t[:n - 1] for t in batch)
+        with rng_untouched(fewer):
+            model_tr, guide_tr = traces(model, fewer)
+        sites = [s for tr in (model_tr, guide_tr) for s in tr.nodes.values()
+                 if s["type"] == "sample" and not site_is_subsample(s)]
+        follows = set.intersection(*(_size_n_plates(s, n - 1) for s in sites))
+        common = {(name, dim) for name, dim in common if any(name == f for f, _ in follows)} or common
+    if len(common) > 1:  # e.g. two examples of two features: the outermost plate
+        return min(common, key=lambda frame: frame[1])
+    return next(iter(common))
 
 
 def parameters(model: Any, program: Program) -> list[torch.Tensor]:

@@ -294,9 +294,23 @@ def _check_program(model: Any, batch: tuple[torch.Tensor, ...], config: TrainCon
                            "estimator 'enum' (--estimator enum), which sums them out, or sample them "
                            "in the guide")
     elbo = make_elbo(config.estimator, config.particles, program.max_plate_nesting)
+    weighted = not (program.model_only and config.beta == 1 and config.kl_schedule == "constant")
     with pyro.validation_enabled(False), rng_untouched(small):
-        beta = torch.ones((), device=small[0].device)
-        elbo.differentiable_loss(KLWeight(beta)(model.model), KLWeight(beta)(model.guide), *small)
+        beta = torch.full((), 0.5, device=small[0].device)  # any beta != 1, as a schedule would give
+        model_fn, guide_fn = model.model, model.guide
+        if weighted:
+            sites = program.latent
+            model_fn, guide_fn = KLWeight(beta, sites)(model_fn), KLWeight(beta, sites)(guide_fn)
+        try:
+            elbo.differentiable_loss(model_fn, guide_fn, *small)
+        except ValueError as exc:
+            if "common poutine.scale" not in str(exc):
+                raise
+            raise PyrovaeError(
+                f"beta cannot weight this model: latent sites depend on the enumerated model site(s) "
+                f"{list(program.model_only)}, and TraceEnum_ELBO needs one scale for every factor that "
+                "depends on an enumerated site; train it with beta=1 and kl_schedule='constant', or "
+                "sample those sites in the guide") from None
     return inspect_program(model, small)  # parameters the dry run created are now known too
 
 
@@ -372,7 +386,11 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_sum = distributed.GradientSum(ctx, params)
     beta = torch.ones((), device=device)
-    model_fn, guide_fn = KLWeight(beta)(model.model), KLWeight(beta)(model.guide)
+    if run.program.model_only and _constant_one(schedule):
+        model_fn, guide_fn = model.model, model.guide  # enumerated factors keep one plain scale
+    else:  # beta weights the sites the guide samples; enumerated model sites are summed out
+        sites = run.program.latent
+        model_fn, guide_fn = KLWeight(beta, sites)(model.model), KLWeight(beta, sites)(model.guide)
 
     def loss_fn(*batch: torch.Tensor) -> torch.Tensor:
         return elbo.differentiable_loss(model_fn, guide_fn, *batch)
@@ -449,6 +467,10 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
                 break  # a callback asked to stop: this epoch's checkpoint is written
     finally:
         bar.close()
+
+
+def _constant_one(schedule: Schedule) -> bool:
+    return to_dict(schedule) == to_dict(parse_schedule("constant", 1.0, 1, 1))
 
 
 def _train_mode(model: Any, on: bool) -> None:
@@ -610,9 +632,12 @@ def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
     fields = tuple(ckpt.get("inputs", {}).get("fields", ["x"]))
     batch = dataset.inputs("train", fields) if dataset is not None else _placeholder_batch(ckpt, device)
     forget_params(model)
-    program = inspect_program(model, tuple(t[:2] for t in batch))
-    load_state(model, program, _checkpoint_state(ckpt))
-    remember_params(model, _param_values(program))
+    with pyro.get_param_store().scope():  # the object's own initial values, not stale global ones
+        program = inspect_program(model, tuple(t[:3] for t in batch))
+        load_state(model, program, _checkpoint_state(ckpt))
+        loaded = _param_values(program)
+    remember_params(model, loaded)
+    _restore_params(loaded)
     remember_inputs(model, batch)
     _train_mode(model, False)
     schedule = from_dict(ckpt["schedule"])

@@ -4,7 +4,8 @@ Everything about it is computable exactly, which makes it the showcase for "maxi
 maximizes the likelihood" and for comparing gradient estimators of a discrete latent.
 
 Modules, in dependency order: ``data`` (sampling, validation) -> ``exact`` (closed forms, EM) ->
-``model`` (Pyro model, guide, estimator table) -> ``fit`` (the SVI loop) -> ``plots`` -> ``cli``.
+``model`` (Pyro model, guide, the registry estimators it uses) -> ``fit`` (through the one training
+loop, :func:`pyrovae.train`) -> ``plots``; its command is :mod:`pyrovae.cli.toy`.
 """
 
 from pyrovae.experiments.toy import exact, plots
