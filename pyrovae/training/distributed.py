@@ -103,6 +103,16 @@ def broadcast_parameters(ctx: Context, tensors: Iterable[torch.Tensor]) -> None:
             dist.broadcast(t.data, src=0)
 
 
+def broadcast_flag(ctx: Context, flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (``flag`` itself in one process): one small broadcast."""
+    if not ctx.active:
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 class GradientSum:
     """Sum the gradients of ``params`` and a loss over all ranks: one all-reduce per step.
 

@@ -448,8 +448,10 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
             if not all(torch.isfinite(p).all() for p in params):
                 raise TrainingDiverged(_diverged_message(run, epoch, step, "finite, but the "
                                                          "parameters became nan or inf"))
-            if not ctx.is_main:
-                continue  # rank 0 alone evaluates and writes
+            if not ctx.is_main:  # rank 0 alone evaluates and writes
+                if distributed.broadcast_flag(ctx, False):
+                    break  # rank 0's callback stopped training
+                continue
             row = {"epoch": epoch, "step": step, "seconds": seconds, "train_loss": total / end,
                    "beta": schedule(step - 1)}
             if config.eval_held_out:
@@ -463,7 +465,8 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
                 runs.append_metrics(run.run_dir, row)
                 runs.save_checkpoint(run.run_dir / runs.CHECKPOINT,
                                      checkpoint_payload(run, optimizer, epoch, step, gen, train_batch))
-            if any([callback(run, row) is True for callback in callbacks]):
+            stop = any([callback(run, row) is True for callback in callbacks])
+            if distributed.broadcast_flag(ctx, stop):
                 break  # a callback asked to stop: this epoch's checkpoint is written
     finally:
         bar.close()
