@@ -7,17 +7,19 @@ The built-in VAE and a user's own Pyro program (:class:`CondVAE`: a conditional 
 import math
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import pyrovae
 from pyrovae import runs
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.metrics import elbo_terms, evaluate, log_likelihood
 from pyrovae.training.loop import TrainingDiverged, build_vae, load_run, train
+from tests.user_models import ConditionalVAE
+
+
+class CondVAE(ConditionalVAE):
+    """A user's conditional VAE defined here (runs record this class's name)."""
 
 
 @pytest.fixture(scope="module")
@@ -182,40 +184,6 @@ def test_cuda_without_gpu_is_a_clear_error(digits):
 
 
 # --------------------------------------------------------------------------- a user's own model
-
-
-class CondVAE(nn.Module):
-    """A user's conditional VAE on 8x8 digits: the label is one-hot coded into encoder and decoder;
-    its own plate (``batch``) and site names (``code``, ``pixels``); Bernoulli pixels whose logits
-    carry a learned per-pixel bias, a ``pyro.param`` (it lives in Pyro's param store)."""
-
-    inputs = ("x", "y")
-
-    def __init__(self, z_dim=3, hidden=32, classes=10, pixels=64):
-        super().__init__()
-        self.z_dim, self.classes = z_dim, classes
-        self.enc = nn.Sequential(nn.Linear(pixels + classes, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 2 * z_dim))
-        self.dec = nn.Sequential(nn.Linear(z_dim + classes, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, pixels))
-
-    def join(self, h, y):
-        y = F.one_hot(y, self.classes).to(h.dtype)
-        return torch.cat([h, y.expand(*h.shape[:-1], self.classes)], -1)  # h may carry particle dims
-
-    def model(self, x, y):
-        pyro.module("decoder", self.dec)
-        bias = pyro.param("pixel_bias", lambda: torch.zeros(x[0].numel(), device=x.device))
-        with pyro.plate("batch", x.shape[0]):
-            code = pyro.sample("code", dist.Normal(x.new_zeros(()), 1.0).expand([self.z_dim]).to_event(1))
-            logits = self.dec(self.join(code, y)) + bias
-            pyro.sample("pixels", dist.Bernoulli(logits=logits).to_event(1), obs=x.flatten(1))
-
-    def guide(self, x, y):
-        pyro.module("encoder", self.enc)
-        with pyro.plate("batch", x.shape[0]):
-            loc, raw = self.enc(self.join(x.flatten(1), y)).chunk(2, -1)
-            pyro.sample("code", dist.Normal(loc, F.softplus(raw) + 1e-3).to_event(1))
 
 
 USER = dict(batch_size=32, lr=3e-3, binarize="dynamic", progress=False, figures=False)
