@@ -1,5 +1,7 @@
-"""Encoder and decoder networks: an MLP pair and a convolutional pair.
+"""Encoder and decoder networks: an MLP pair, a gated MLP pair and a convolutional pair.
 
+``net="gated"`` is the MLP with every hidden layer a :class:`GatedDense` layer (Tomczak & Welling
+2018, VampPrior, section 4; after Dauphin et al. 2017) instead of a linear layer and a softplus.
 Encoders map images ``(..., C, H, W)`` to the guide's ``(loc, scale)``, each ``(..., z_dim)``;
 decoders map codes ``(..., z_dim)`` to one unconstrained value per pixel ``(..., C, H, W)`` (logits
 or means, read by the likelihood). Any number of leading batch dims is accepted, so vectorized
@@ -16,8 +18,21 @@ from torch import nn
 
 from pyrovae.errors import PyrovaeError
 
-NETS = ("mlp", "conv")
+NETS = ("mlp", "gated", "conv")
 _MIN_SCALE = 1e-5  # keeps log q(z|x) finite when the encoder is very confident
+
+
+class GatedDense(nn.Module):
+    """``h = (W1 x + b1) * sigmoid(W2 x + b2)``: ``(..., d_in) -> (..., d_out)``; the gate decides,
+    per unit and example, how much of the linear feature passes (Tomczak & Welling 2018)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.h = nn.Linear(d_in, d_out)
+        self.g = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -29,33 +44,52 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPEncoder(nn.Module):
-    """``(..., C, H, W) -> (loc, scale)``: flatten, softplus hidden layers, two linear heads."""
+def _hidden(sizes: Sequence[int], gated: bool) -> list[nn.Module]:
+    """Hidden layers ``sizes[0] -> ... -> sizes[-1]``, each with its nonlinearity: linear + softplus,
+    or a gated layer (its gate is the nonlinearity). Linear layers sit at even indices, as in
+    :func:`_mlp`, so the MLP's state-dict keys are those of earlier versions."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [GatedDense(a, b)] if gated else [nn.Linear(a, b), nn.Softplus()]
+    return layers
 
-    def __init__(self, shape: Sequence[int], hidden: Sequence[int], z_dim: int):
+
+class GaussianMLP(nn.Module):
+    """``(..., d_in) -> (loc, scale)``, each ``(..., d_out)``: dense hidden layers (softplus, or gated
+    with ``gated=True``) and two linear heads, the scale through a softplus."""
+
+    def __init__(self, d_in: int, hidden: Sequence[int], d_out: int, gated: bool = False):
         super().__init__()
-        self.shape = tuple(shape)
-        d = int(torch.tensor(self.shape).prod())
-        self.body = _mlp([d, *hidden]) if hidden else nn.Sequential()
-        width = hidden[-1] if hidden else d
-        self.loc = nn.Linear(width, z_dim)
-        self.scale = nn.Linear(width, z_dim)
+        self.body = nn.Sequential(*_hidden([d_in, *hidden], gated))
+        width = hidden[-1] if hidden else d_in
+        self.loc = nn.Linear(width, d_out)
+        self.scale = nn.Linear(width, d_out)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x.reshape(*x.shape[: x.dim() - 3], -1)
-        if len(self.body):
-            h = F.softplus(self.body(h))
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(h)
         return self.loc(h), F.softplus(self.scale(h)) + _MIN_SCALE
 
 
-class MLPDecoder(nn.Module):
-    """``(..., z_dim) -> (..., C, H, W)``: softplus hidden layers, one linear output per pixel."""
+class MLPEncoder(GaussianMLP):
+    """``(..., C, H, W) -> (loc, scale)``: flatten, dense hidden layers, two linear heads."""
 
-    def __init__(self, shape: Sequence[int], hidden: Sequence[int], z_dim: int):
+    def __init__(self, shape: Sequence[int], hidden: Sequence[int], z_dim: int, gated: bool = False):
+        super().__init__(int(torch.tensor(tuple(shape)).prod()), hidden, z_dim, gated)
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().forward(x.reshape(*x.shape[: x.dim() - 3], -1))
+
+
+class MLPDecoder(nn.Module):
+    """``(..., z_dim) -> (..., C, H, W)``: dense hidden layers, one linear output per pixel."""
+
+    def __init__(self, shape: Sequence[int], hidden: Sequence[int], z_dim: int, gated: bool = False):
         super().__init__()
         self.shape = tuple(shape)
         d = int(torch.tensor(self.shape).prod())
-        self.net = _mlp([z_dim, *reversed(hidden), d])
+        sizes = [z_dim, *reversed(hidden)]
+        self.net = nn.Sequential(*_hidden(sizes, gated), nn.Linear(sizes[-1], d))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).reshape(*z.shape[:-1], *self.shape)
@@ -114,7 +148,7 @@ class ConvDecoder(nn.Module):
 def build_networks(
     net: str, shape: Sequence[int], hidden: Sequence[int], z_dim: int
 ) -> tuple[nn.Module, nn.Module]:
-    """Build the ``(encoder, decoder)`` pair named ``net`` (``"mlp"`` or ``"conv"``)."""
+    """Build the ``(encoder, decoder)`` pair named ``net`` (``"mlp"``, ``"gated"`` or ``"conv"``)."""
     if net not in NETS:
         raise PyrovaeError(f"unknown --net {net!r}: choose one of {', '.join(NETS)}")
     if z_dim < 1:
@@ -130,4 +164,5 @@ def build_networks(
                 "use --net mlp"
             )
         return ConvEncoder(shape, hidden, z_dim), ConvDecoder(shape, hidden, z_dim)
-    return MLPEncoder(shape, hidden, z_dim), MLPDecoder(shape, hidden, z_dim)
+    gated = net == "gated"
+    return MLPEncoder(shape, hidden, z_dim, gated), MLPDecoder(shape, hidden, z_dim, gated)
