@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.data.datasets import binarize, check_binarize_mode, data_search_path, load_dataset
+from pyrovae.data.datasets import (
+    Dataset,
+    binarize,
+    check_binarize_mode,
+    data_search_path,
+    load_dataset,
+)
 from pyrovae.errors import PyrovaeError
 
 from .conftest import real_data_dir
@@ -57,6 +63,36 @@ def test_mnist_5k_is_the_embedded_default():
     assert d.train_x.shape == (4500, 1, 28, 28) and d.test_x.shape == (500, 1, 28, 28)
     assert torch.equal(torch.bincount(d.test_y), torch.full((10,), 50))
     assert d.train_x.max() == 1.0 and d.train_x.min() == 0.0
+    # mnist-5k is stored sorted by class: the splits are shuffled, so the first images mix classes
+    assert len(d.test_y[:16].unique()) >= 5 and len(d.train_y[:16].unique()) >= 5
+    # ...with the held-out membership of earlier versions (an order-free sum of its pixels)
+    assert d.test_x.double().sum().item() == pytest.approx(52133.984759, rel=1e-9)
+
+
+def test_carved_splits_are_shuffled_by_the_split_seed(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (100, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "sorted.npz", x=x, y=np.repeat(np.arange(10), 10))
+    d = load_dataset(f"npz:{tmp_path / 'sorted.npz'}")
+    assert torch.equal(torch.bincount(d.test_y), torch.ones(10, dtype=torch.long))  # stratified
+    assert len(d.test_y[:5].unique()) == 5 and len(d.train_y[:10].unique()) >= 5
+    assert not torch.equal(d.test_y.sort().values, d.test_y)
+    again, other = load_dataset("digits"), load_dataset("digits", split_seed=1)
+    first = load_dataset("digits")
+    assert torch.equal(first.test_x, again.test_x) and torch.equal(first.train_y, again.train_y)
+    assert not torch.equal(first.test_y, other.test_y)
+
+
+def test_subset_is_a_seeded_random_sample_in_random_order():
+    labels = torch.arange(1000) // 100  # sorted by class, like mnist-5k
+    x = (labels.float() / 10 + 0.01).reshape(-1, 1, 1, 1)
+    d = Dataset("sorted", x, x, labels, labels)
+    a, b, c = d.subset(50, 20, seed=1), d.subset(50, 20, seed=1), d.subset(50, 20, seed=2)
+    assert torch.equal(a.train_y, b.train_y) and torch.equal(a.test_x, b.test_x)
+    assert not torch.equal(a.train_y, c.train_y)
+    for y in (a.train_y, a.test_y):  # random order, not the stored (sorted) one
+        assert not torch.equal(y.sort().values, y) and len(y[:16].unique()) >= 6
+    assert torch.equal(a.train_x.flatten(), a.train_y.float() / 10 + 0.01)
+    assert len(d.subset(5000, 2000).train_x) == 1000  # at most all
 
 
 def test_idx_folder_round_trip(tmp_path):
