@@ -12,6 +12,7 @@ training time, and guide/model SNR against K for IWAE and DReG.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import Any
 
 import pyro
 import torch
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from pyrovae import checks
@@ -358,7 +360,7 @@ def plot_loglik_vs_time(curves: dict[str, list[dict[str, float]]],
     """Held-out ``log p(x)`` (curve K after each epoch) against cumulative training seconds;
     a star marks each run's final estimate with the table's K. The axis spans the bulk of the
     curves: a run that ends far below them (a diverging score-function run) is named, not drawn."""
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    fig = plots.figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     values = sorted(p["log_px"] for points in curves.values() for p in points)
     top = max(values + [r["log_px"] for r in rows or []], default=0.0)
@@ -381,21 +383,85 @@ def plot_loglik_vs_time(curves: dict[str, list[dict[str, float]]],
     return fig
 
 
+STYLES = (("o", "-", 7), ("s", "--", 5), ("^", ":", 5), ("D", "-.", 4))  # marker, line, size
+
+
 def plot_snr_vs_k(rows: list[dict[str, Any]]) -> Figure:
-    """Guide (encoder) and model (decoder) gradient SNR against K (log-log), one line per family."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    """Guide (encoder) and model (decoder) gradient SNR against K (log-log), one line per family.
+
+    Each family has its own marker and line style, later ones smaller and hollow, so a curve drawn
+    over an earlier one leaves it visible; curves that coincide (IWAE and DReG share the decoder
+    gradient) are named in a note. Ticks are the K values and plain numbers on a 1-2-5 grid.
+    """
+    fig = plots.figure(figsize=(10, 4.2), layout="constrained")
     axes = {"guide": fig.add_subplot(1, 2, 1), "model": fig.add_subplot(1, 2, 2)}
-    for family in dict.fromkeys(r["family"] for r in rows):
-        pts = sorted((r["k"], r) for r in rows if r["family"] == family)
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    curves = {f: sorted((r["k"], r) for r in rows if r["family"] == f) for f in families}
+    for i, family in enumerate(families):
+        marker, line, size = STYLES[i % len(STYLES)]
+        face = f"C{i}" if i == 0 else "none"
         for group, ax in axes.items():
-            ax.plot([k for k, _ in pts], [r[f"{group}_snr"] for _, r in pts], marker="o",
-                    label=family)
+            ax.plot([k for k, _ in curves[family]], [r[f"{group}_snr"] for _, r in curves[family]],
+                    marker=marker, ls=line, ms=size, color=f"C{i}", mfc=face, label=family)
+    ks = sorted({r["k"] for r in rows})
     for group, ax in axes.items():
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axes(ax, ks, [r[f"{group}_snr"] for r in rows])
         ax.set_xlabel("K (importance samples)")
         ax.set_ylabel(f"{group} SNR, mean |E g| / std g")
         ax.set_title(f"{group} parameters ({'q, the encoder' if group == 'guide' else 'p, the decoder'})")
-        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+        same = _coinciding(curves, f"{group}_snr")
+        if same:
+            ax.text(0.02, 0.02, "; ".join(" = ".join(g) for g in same) + ": equal values, the curves overlap",
+                    transform=ax.transAxes, fontsize=8, va="bottom")
     return fig
+
+
+def _coinciding(curves: dict[str, list], key: str) -> list[list[str]]:
+    """Groups of families whose curves have the same K values and (to 1e-6) the same ``key``."""
+    def same(a: list, b: list) -> bool:
+        return len(a) == len(b) and all(ka == kb and math.isclose(ra[key], rb[key], rel_tol=1e-6)
+                                        for (ka, ra), (kb, rb) in zip(a, b, strict=True))
+
+    groups: list[list[str]] = []
+    for family, points in curves.items():
+        match = next((g for g in groups if same(curves[g[0]], points)), None)
+        if match is None:
+            groups.append([family])
+        else:
+            match.append(family)
+    return [g for g in groups if len(g) > 1]
+
+
+def _log_axes(ax: Any, ks: list[int], values: list[float]) -> None:
+    """Log-log axes with readable ticks: the K values on x, a 1-2-5 grid of plain numbers on y
+    wide enough to label at least two ticks (matplotlib's default labels few or none, as 2x10^-1)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(ticker.FixedLocator(ks))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    subs: tuple[float, ...] = (1.0, 2.0, 5.0)
+    if positive:
+        lo, hi = _grid_below(min(positive)), _grid_above(max(positive))
+        ax.set_ylim(lo, hi)
+        if hi / lo < 5:  # a narrow range: label every 1..9 x 10^e
+            subs = tuple(float(m) for m in range(1, 10))
+            ax.yaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.grid(alpha=0.3, which="major")
+
+
+def _grid_below(v: float) -> float:
+    """The largest number of the 1-2-5 grid strictly below ``v``."""
+    e = math.floor(math.log10(v))
+    return max(m * 10.0 ** d for d in (e - 1, e) for m in (1, 2, 5) if m * 10.0 ** d < v)
+
+
+def _grid_above(v: float) -> float:
+    """The smallest number of the 1-2-5 grid strictly above ``v``."""
+    e = math.floor(math.log10(v))
+    return min(m * 10.0 ** d for d in (e, e + 1) for m in (1, 2, 5) if m * 10.0 ** d > v)

@@ -84,25 +84,34 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def plot_rate_distortion(rows: list[dict[str, Any]]) -> Figure:
-    """Rate (KL, nats) against distortion (negative reconstruction log-likelihood, nats)."""
-    fig = Figure(figsize=(6, 4.5))
+    """Rate (KL, nats) against distortion (negative reconstruction log-likelihood, nats).
+
+    Runs are named in a legend, not beside their points: neighbouring runs (annealed runs end near
+    beta = 1) would write their labels over each other. Constant-beta runs are joined in beta order.
+    """
+    fig = plots.figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for r in rows:
-        marker = "o" if r["kl_schedule"] == "constant" else "^"
-        ax.scatter(r["test_kl"], -r["test_recon"], marker=marker, s=40)
-        label = f"β={r['beta']:g}" if marker == "o" else r["kl_schedule"].split(":")[0]
-        ax.annotate(label, (r["test_kl"], -r["test_recon"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
+    flat = sorted((r for r in rows if r["kl_schedule"] == "constant"), key=lambda r: r["beta"])
+    if len(flat) > 1:
+        ax.plot([r["test_kl"] for r in flat], [-r["test_recon"] for r in flat], color="0.7", lw=1,
+                zorder=1)
+    for i, r in enumerate(flat + [r for r in rows if r["kl_schedule"] != "constant"]):
+        constant = r["kl_schedule"] == "constant"
+        label = f"β={r['beta']:g}" if constant else f"{r['kl_schedule'].split(':')[0]} (β→{r['beta']:g})"
+        color = f"C{i % 10}"  # annealed runs hollow: one near a constant-beta point leaves it visible
+        ax.scatter(r["test_kl"], -r["test_recon"], marker="o" if constant else "^", s=45 if constant else 60,
+                   color=color, facecolors=color if constant else "none", label=label, zorder=2)
     ax.set_xlabel("rate: KL(q(z|x) || p(z)) (nats)")
     ax.set_ylabel("distortion: -E_q log p(x|z) (nats)")
     ax.set_title("held-out rate and distortion (o: constant β, ^: annealed)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return fig
 
 
 def plot_active_units(rows: list[dict[str, Any]]) -> Figure:
     """Active latent units against beta (log scale)."""
-    fig = Figure(figsize=(5.5, 4))
+    fig = plots.figure(figsize=(5.5, 4))
     ax = fig.add_subplot()
     ax.plot([r["beta"] for r in rows], [r["active_units"] for r in rows], marker="o")
     ax.set_xscale("log", base=2)
@@ -114,7 +123,7 @@ def plot_active_units(rows: list[dict[str, Any]]) -> Figure:
 
 def plot_kl_curves(curves: dict[str, list[dict[str, Any]]]) -> Figure:
     """Held-out KL and the schedule's beta along training, one line per run."""
-    fig = Figure(figsize=(10, 4))
+    fig = plots.figure(figsize=(10, 4), layout="constrained")
     ax_kl, ax_beta = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for name, rows in curves.items():
         epochs = [r["epoch"] for r in rows]

@@ -1,6 +1,6 @@
 """Figures for the toy. They take tensors and records (never a trainer) and return
 ``matplotlib.figure.Figure`` objects built without pyplot, so they work under any backend and leave
-no global figure state behind.
+no global figure state behind; a notebook shows them as images (:class:`pyrovae.viz.plots.InlineFigure`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pyrovae.experiments.toy import exact
+from pyrovae.viz.plots import figure
 
 COLORS = {"trace": "tab:red", "tracegraph": "tab:orange", "enum": "tab:blue", "EM": "tab:green"}
 
@@ -40,7 +41,7 @@ def plot_mixture_fit(
     x = x.detach().to(torch.float64)
     pad = 3 * max([true[1], *(s for _, s in fitted.values())])
     grid = torch.linspace(float(x.min()) - pad / 3, float(x.max()) + pad / 3, 400, dtype=x.dtype)
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    fig = figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     label = f"data, n={len(x)}"
     ax.hist(x.numpy(), bins=bins, density=True, color="0.85", edgecolor="0.6", label=label)
@@ -70,7 +71,7 @@ def plot_training(records: Iterable[Mapping], em_loglik: float | None = None) ->
     by_estimator: dict[str, list[Mapping]] = {}
     for row in records:
         by_estimator.setdefault(str(row["estimator"]), []).append(row)
-    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    fig = figure(figsize=(10.0, 4.0), layout="constrained")
     ax, ax_gap = fig.subplots(1, 2)
     lows = []
     for i, (name, rows) in enumerate(by_estimator.items()):
@@ -117,7 +118,7 @@ def plot_posterior(
     if x is not None:
         lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
     grid = torch.linspace(lo, hi, 400, dtype=torch.float64)
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    fig = figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(
         grid,
