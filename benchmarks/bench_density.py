@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     data = pyrovae.load_dataset("fashion-mnist", args.data_dir)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-density-"))
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    run = train_budget(out, data, None if seconds else epochs, seconds, dataset="fashion-mnist",
+    run, _ = train_budget(out, data, None if seconds else epochs, seconds, dataset="fashion-mnist",
                        binarize="dynamic", likelihood="bernoulli", net="mlp", hidden=hidden,
                        z_dim=args.z_dim, estimator=args.estimator, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed)

@@ -232,7 +232,7 @@ def test_schedule_values_are_logged_and_resume_continues_the_curve(tmp_path, gre
 def test_sweep_writes_table_and_figures_from_its_runs(tmp_path, grey_digits):
     rows = sweep(tmp_path, betas=[0.5, 4.0], schedules=["cyclical:cycles=2,ratio=0.5"],
                  data=grey_digits, **{**GREY, "epochs": 2})
-    assert [r["run"] for r in rows] == ["beta-0.5", "beta-4", "schedule-cyclical"]
+    assert [r["run"] for r in rows] == ["beta-0.5", "beta-4", "schedule-cyclical-cycles=2_ratio=0.5"]
     with open(tmp_path / "sweep.csv") as f:
         table = list(csv.DictReader(f))
     for row in table:

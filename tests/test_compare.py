@@ -103,7 +103,7 @@ def test_compare_table_matches_the_runs(data, tmp_path):
     with open(tmp_path / "compare.csv") as f:
         table = list(csv.DictReader(f))
     assert [float(t["log_px"]) for t in table] == pytest.approx([r["log_px"] for r in rows])
-    assert "| iwae:3 | 2 |" in (tmp_path / "compare.md").read_text()
+    assert "| iwae:3 | 1 | 2 |" in (tmp_path / "compare.md").read_text()  # one seed, 2 epochs
     with open(tmp_path / "curves.csv") as f:
         curve = [c for c in csv.DictReader(f) if c["estimator"] == "trace"]
     assert [int(c["epoch"]) for c in curve] == [1, 2]
@@ -116,12 +116,12 @@ def test_epoch_by_epoch_budget_trains_as_one_run(data, tmp_path):
     whole = pyrovae.train(run_dir=tmp_path / "whole", data=data, epochs=2, progress=False,
                           figures=False, estimator="stl", **SMALL)
     seen = []
-    parts = train_budget(tmp_path / "parts", data, epochs=2, on_epoch=lambda r: seen.append(
+    parts, _ = train_budget(tmp_path / "parts", data, epochs=2, on_epoch=lambda r: seen.append(
         pyro.set_rng_seed(99) or len(r.metrics)), estimator="stl", **SMALL)  # RNG disturbed
     assert seen == [1, 2]
     assert [m["test_elbo"] for m in parts.metrics] == [m["test_elbo"] for m in whole.metrics]
     # a seconds budget: whole epochs until the training time passes it
-    short = train_budget(tmp_path / "short", data, seconds=1e-6, estimator="stl", **SMALL)
+    short, _ = train_budget(tmp_path / "short", data, seconds=1e-6, estimator="stl", **SMALL)
     assert len(short.metrics) == 1
 
 

@@ -21,9 +21,9 @@ from pyrovae.evaluation.generate import encode, sample
 from pyrovae.evaluation.latent_views import interpolate
 from pyrovae.evaluation.quality import CLASSIFIER, cached_classifier, sample_quality
 from pyrovae.evaluation.samplers import SAMPLER_NAMES, sample_codes
+from pyrovae.experiments.runner import ensure_run
 from pyrovae.models.vae import VAE
 from pyrovae.runs import write_csv
-from pyrovae.training.loop import train
 from pyrovae.viz import plots
 
 MODELS = ("ae", "dae", "vae")
@@ -51,7 +51,8 @@ def compare_models(
 ) -> list[dict[str, Any]]:
     """Train each of ``models`` with the shared ``config`` and score each sampler's images.
 
-    Writes ``out/<model>/`` run folders, ``out/classifier.pt``, ``out/baselines.{csv,md}`` and
+    A finished run found in ``out/<model>`` is reused, an interrupted one resumed. Writes
+    ``out/<model>/`` run folders, ``out/classifier.pt``, ``out/baselines.{csv,md}`` and
     ``out/figures/``; returns the table rows (the first is real held-out images, ``model="data"``).
     """
     unknown = sorted(set(samplers) - set(SAMPLER_NAMES))
@@ -70,10 +71,10 @@ def compare_models(
     rows = [{"model": "data", "sampler": "held-out images", "recon_mse": None, "test_recon": None,
              **_quality(clf, real, data.train_x)}]
     gen = torch.Generator().manual_seed(seed)
-    for model in models:
-        run = train(run_dir=out / model, data=data, model=model, seed=seed, progress=progress,
-                    overwrite=True,
-                    **config)
+    epochs = config.pop("epochs", None)
+    for i, model in enumerate(models, 1):
+        run, _ = ensure_run(out / model, epochs, data=data, model=model, progress=progress,
+                            label=f"[{i}/{len(models)}] {model}", seed=seed, **config)
         vae, test_x = run.vae.eval(), run.data.test_x
         recon_mse = ((vae.reconstruct(test_x) - test_x) ** 2).mean().item()
         loc, scale = encode(vae, run.data.train_x)

@@ -12,6 +12,7 @@ training time, and guide/model SNR against K for IWAE and DReG.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -29,9 +30,10 @@ from pyrovae.data.datasets import Dataset, binarize, load_dataset
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.diagnostics import gradient_stats, param_groups
 from pyrovae.evaluation.metrics import Data, as_batch, elbo_terms, log_likelihood
+from pyrovae.experiments.runner import ensure_run, pm, say, seed_dirs, summarise
 from pyrovae.infer.registry import make_elbo
 from pyrovae.models.contract import inspect_program, with_own_params
-from pyrovae.runs import write_csv
+from pyrovae.runs import CHECKPOINT, read_metrics, write_csv
 from pyrovae.training.config import TrainConfig
 from pyrovae.training.loop import Run, train
 from pyrovae.viz import plots
@@ -43,6 +45,9 @@ GRADIENT_COLUMNS = ["estimator", "guide_mean_norm", "guide_variance", "guide_snr
                     "model_mean_norm", "model_variance", "model_snr", "seconds_per_step"]
 COMPARE_COLUMNS = ["estimator", "run", "epochs", "test_elbo", "log_px", "iwae_k", "eval_n",
                    "active_units", "seconds_per_epoch", "train_seconds", "guide_snr", "model_snr"]
+SUMMARISED = ["epochs", "test_elbo", "log_px", "active_units", "seconds_per_epoch", "train_seconds",
+              "guide_snr", "model_snr"]
+SUMMARY_COLUMNS = [*COMPARE_COLUMNS, "seeds", *(f"{m}_se" for m in SUMMARISED)]
 SNR_COLUMNS = ["family", "k", "guide_snr", "model_snr"]
 
 
@@ -150,6 +155,9 @@ def snr_vs_k(
 # ---- training under one budget -------------------------------------------------------------------
 
 
+BUDGET_LOG = "budget.jsonl"  # what on_epoch measured after each epoch, kept with the run
+
+
 def train_budget(
     run_dir: str | os.PathLike,
     data: Dataset | None = None,
@@ -157,29 +165,54 @@ def train_budget(
     seconds: float | None = None,
     on_epoch: Any = None,
     model: Any = None,
+    progress: bool = False,
+    label: str = "",
     **config: Any,
-) -> Run:
+) -> tuple[Run, list[dict[str, Any]]]:
     """Train one run for ``epochs`` epochs, or until its training time reaches ``seconds``.
 
     The run always goes epoch by epoch through :func:`pyrovae.train` (``resume=True`` for each
-    next epoch, which continues exactly), so ``on_epoch(run)`` can measure it after every epoch.
-    With ``seconds`` the last epoch is the one during which the summed training time (evaluation
-    excluded) passed the budget: at least one epoch runs.
+    next epoch, which continues exactly), so ``on_epoch(run) -> dict`` can measure it after every
+    epoch; its rows are kept in ``run_dir/budget.jsonl``. With ``seconds`` the last epoch is the one
+    during which the summed training time (evaluation excluded) passed the budget: at least one
+    epoch runs. A folder holding this run already (same settings) is continued, or returned as it
+    is when the budget is spent, so an interrupted experiment picks up where it stopped.
+    Returns the run and the measured rows (one per epoch).
     """
     check_budget(epochs, seconds)
     data = _load(data, config)
-    run = train(run_dir=run_dir, data=data, model=model, epochs=1, progress=False, figures=False,
-                overwrite=True, **config)
+    run_dir = Path(run_dir)
+    run, _ = ensure_run(run_dir, 1 if not (run_dir / CHECKPOINT).is_file() else len(read_metrics(run_dir)),
+                        data=data, model=model, progress=progress, label=label, **config)
     user = None if model is None or isinstance(model, str) else run.model
+    measured = [r for r in _read_budget(run_dir) if r["epoch"] <= len(run.metrics)]
     while True:
-        if on_epoch is not None:
-            on_epoch(run)
-        spent = sum(r["seconds"] for r in run.metrics)
         done = len(run.metrics)
+        if on_epoch is not None and (not measured or measured[-1]["epoch"] < done):
+            row = {"epoch": done, **(on_epoch(run) or {})}
+            with open(run_dir / BUDGET_LOG, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            measured.append(row)
+        spent = sum(r["seconds"] for r in run.metrics)
         if (epochs is not None and done >= epochs) or (seconds is not None and spent >= seconds):
-            return run
+            return run, measured
+        left = f"/{epochs}" if epochs else f" ({spent:.0f} of {seconds:.0f} s spent)"
+        say(progress, f"{label}: epoch {done + 1}{left}")
         run = train(run_dir=run_dir, data=data, model=user, resume=True, epochs=done + 1,
                     progress=False, figures=False)
+
+
+def _read_budget(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / BUDGET_LOG
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a crash: measured again
+            break
+    return rows
 
 
 def _load(data: Dataset | None, config: dict[str, Any]) -> Dataset:
@@ -219,9 +252,11 @@ def compare(
     snr_ks: Sequence[int] = DEFAULT_SNR_KS,
     eval_seed: int = 0,
     model: Any = None,
+    seeds: int = 1,
+    progress: bool = False,
     **config: Any,
 ) -> list[dict[str, Any]]:
-    """Train one run per estimator under the same budget and seed; evaluate, tabulate, plot.
+    """Train one run per estimator (and seed) under the same budget; evaluate, tabulate, plot.
 
     ``model``: a built-in name (default the config's), or a zero-argument function that builds a
     fresh user model (called once per estimator after seeding with the config's ``seed``, so every
@@ -234,8 +269,15 @@ def compare(
     estimator's gradient SNRs at its final parameters (``draws`` draws on ``grad_batch`` training
     images); the SNR-against-K figure is measured at the first run's final parameters.
 
-    Writes ``compare.csv``, ``compare.md``, ``curves.csv``, ``snr_vs_k.csv`` and
-    ``figures/{loglik_vs_time,snr_vs_k}.png`` under ``out``; returns the table rows.
+    ``seeds``: runs per estimator, with seeds ``seed, seed + 1, ...`` (the config's ``seed``), in
+    ``out/<estimator>/seed-<s>``; the table gives each metric's mean over seeds and its standard
+    error (``<metric>_se``), the per-seed rows go to ``compare_runs.csv``. A finished run found in its
+    folder is reused and an interrupted one resumed, never retrained. ``progress`` prints a line per
+    run and epoch on standard error.
+
+    Writes ``compare.csv``, ``compare.md``, ``compare_runs.csv``, ``curves.csv`` (the first seed's),
+    ``snr_vs_k.csv`` and ``figures/{loglik_vs_time,snr_vs_k}.png`` under ``out``; returns the table
+    rows.
     """
     specs = parse_estimators(estimators)
     check_budget(epochs, seconds)
@@ -251,48 +293,60 @@ def compare(
                            "not a model object")
     out = Path(out)
     data = _load(data, config)  # once, for every run
-    rows, curves, first = [], {}, None
-    for spec in specs:
-        curve: list[dict[str, float]] = []
-
-        def measure(run: Run, curve: list = curve) -> None:
+    seed = int(config.pop("seed", 0))
+    per_seed, curves, first = [], {}, None
+    for i, spec in enumerate(specs, 1):
+        for s, run_dir in seed_dirs(out / run_name(spec), seed, seeds):
+            label = f"[{i}/{len(specs)}] {spec} seed {s}"
+            run, curve = _compare_run(run_dir, spec, s, model, data, epochs, seconds, eval_n,
+                                      eval_seed, curve_k, progress, label, config)
+            first = run if first is None else first
+            curves.setdefault(spec, [{k: p[k] for k in ("epoch", "seconds", "log_px")} for p in curve])
+            say(progress, f"{label}: evaluating (log p(x) with K={iwae_k}, {draws} gradient draws)")
             x = eval_inputs(run, eval_n, eval_seed)
             pyro.set_rng_seed(eval_seed)
-            curve.append({"seconds": sum(r["seconds"] for r in run.metrics),
-                          "epoch": len(run.metrics),
-                          "log_px": log_likelihood(run.model, x, curve_k).mean().item()})
-
-        instance = model
-        if isinstance(model, type) or (callable(model) and not isinstance(model, str)
-                                       and not hasattr(model, "model")):
-            pyro.set_rng_seed(int(config.get("seed", 0)))
-            instance = model()
-        run = train_budget(out / run_name(spec), data, epochs, seconds, measure, model=instance,
-                           estimator=spec, **config)
-        first = run if first is None else first
-        curves[spec] = curve
-        x = eval_inputs(run, eval_n, eval_seed)
-        pyro.set_rng_seed(eval_seed)
-        log_px = log_likelihood(run.model, x, iwae_k).mean().item()
-        grads = gradient_report(run.model, gradient_batch(run, grad_batch, eval_seed), [spec],
-                                draws, eval_seed)[0]
-        last = run.metrics[-1]
-        train_seconds = sum(r["seconds"] for r in run.metrics)
-        rows.append({
-            "estimator": spec, "run": run_name(spec), "epochs": len(run.metrics),
-            "test_elbo": last["test_elbo"] if eval_n is None else elbo_at(run.model, x, eval_seed),
-            "log_px": log_px, "iwae_k": iwae_k, "eval_n": len(x[0]),
-            "active_units": last["active_units"],
-            "seconds_per_epoch": train_seconds / len(run.metrics), "train_seconds": train_seconds,
-            "guide_snr": grads["guide_snr"], "model_snr": grads["model_snr"],
-        })
+            log_px = log_likelihood(run.model, x, iwae_k).mean().item()
+            grads = gradient_report(run.model, gradient_batch(run, grad_batch, eval_seed), [spec],
+                                    draws, eval_seed)[0]
+            last = run.metrics[-1]
+            train_seconds = sum(r["seconds"] for r in run.metrics)
+            per_seed.append({
+                "estimator": spec, "run": run_name(spec), "seed": s, "epochs": len(run.metrics),
+                "test_elbo": last["test_elbo"] if eval_n is None else elbo_at(run.model, x, eval_seed),
+                "log_px": log_px, "iwae_k": iwae_k, "eval_n": len(x[0]),
+                "active_units": last["active_units"],
+                "seconds_per_epoch": train_seconds / len(run.metrics), "train_seconds": train_seconds,
+                "guide_snr": grads["guide_snr"], "model_snr": grads["model_snr"],
+            })
+    rows = summarise(per_seed, ["estimator"], SUMMARISED)
+    say(progress, f"SNR against K at the first run's final parameters ({first.run_dir})")
     snr_rows = snr_vs_k(first.model, gradient_batch(first, grad_batch, eval_seed), snr_ks,
                         draws=draws, seed=eval_seed)
-    write_compare(rows, curves, snr_rows, out)
+    write_compare(rows, curves, snr_rows, out, per_seed)
     figures = out / "figures"
     plots.save(plot_loglik_vs_time(curves, rows), figures / "loglik_vs_time.png")
     plots.save(plot_snr_vs_k(snr_rows), figures / "snr_vs_k.png")
     return rows
+
+
+def _compare_run(run_dir: Path, spec: str, seed: int, model: Any, data: Dataset, epochs: int | None,
+                 seconds: float | None, eval_n: int | None, eval_seed: int, curve_k: int,
+                 progress: bool, label: str, config: dict[str, Any]) -> tuple[Run, list[dict[str, Any]]]:
+    """One estimator's run with one seed, and its log p(x) curve (``curve_k`` samples per epoch)."""
+
+    def measure(run: Run) -> dict[str, float]:
+        x = eval_inputs(run, eval_n, eval_seed)
+        pyro.set_rng_seed(eval_seed)
+        return {"seconds": sum(r["seconds"] for r in run.metrics),
+                "log_px": log_likelihood(run.model, x, curve_k).mean().item()}
+
+    instance = model
+    if isinstance(model, type) or (callable(model) and not isinstance(model, str)
+                                   and not hasattr(model, "model")):
+        pyro.set_rng_seed(seed)
+        instance = model()
+    return train_budget(run_dir, data, epochs, seconds, measure, model=instance, progress=progress,
+                        label=label, estimator=spec, seed=seed, **config)
 
 
 def eval_inputs(run: Run, n: int | None, seed: int) -> tuple[torch.Tensor, ...]:
@@ -334,21 +388,30 @@ def write_gradients(rows: list[dict[str, Any]], out: str | os.PathLike) -> None:
 
 
 def compare_markdown(rows: list[dict[str, Any]]) -> str:
-    """The comparison as a Markdown table."""
+    """The comparison as a Markdown table (mean ± standard error over seeds where there are several)."""
     k = rows[0]["iwae_k"] if rows else "K"
-    lines = [f"| estimator | epochs | held-out ELBO | log p(x), K={k} | active units | s / epoch "
-             "| guide SNR | model SNR |", "| --- " * 8 + "|"]
+    lines = [f"| estimator | seeds | epochs | held-out ELBO | log p(x), K={k} | active units | s / epoch "
+             "| guide SNR | model SNR |", "| --- " * 9 + "|"]
+    formats = {"epochs": ".3g", "test_elbo": ".2f", "log_px": ".2f", "active_units": ".3g",
+               "seconds_per_epoch": ".2f", "guide_snr": ".3f", "model_snr": ".3f"}
     for r in rows:
-        lines.append(f"| {r['estimator']} | {r['epochs']} | {r['test_elbo']:.2f} | "
-                     f"{r['log_px']:.2f} | {r['active_units']} | {r['seconds_per_epoch']:.2f} | "
-                     f"{r['guide_snr']:.3f} | {r['model_snr']:.3f} |")
+        cells = [pm(r[m], r.get(f"{m}_se"), spec) for m, spec in formats.items()]
+        lines.append(f"| {r['estimator']} | {r.get('seeds', 1)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("SNR columns: each run's own estimator, measured at the run's final parameters "
+                 "(`pyrovae gradients` measures at the parameters of the run it is given, so its "
+                 "numbers differ unless it is given the same run).")
     return "\n".join(lines) + "\n"
 
 
 def write_compare(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, float]]],
-                  snr_rows: list[dict[str, Any]], out: Path) -> None:
-    """``compare.csv``, ``compare.md``, ``curves.csv`` and ``snr_vs_k.csv`` in ``out``."""
-    write_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
+                  snr_rows: list[dict[str, Any]], out: Path,
+                  per_seed: list[dict[str, Any]] | None = None) -> None:
+    """``compare.csv`` (means and standard errors), ``compare_runs.csv`` (per seed), ``compare.md``,
+    ``curves.csv`` and ``snr_vs_k.csv`` in ``out``."""
+    write_csv(out / "compare.csv", SUMMARY_COLUMNS, rows)
+    if per_seed is not None:
+        write_csv(out / "compare_runs.csv", [*COMPARE_COLUMNS[:2], "seed", *COMPARE_COLUMNS[2:]], per_seed)
     (out / "compare.md").write_text(compare_markdown(rows))
     flat = [{"estimator": spec, **point} for spec, points in curves.items() for point in points]
     write_csv(out / "curves.csv", ["estimator", "epoch", "seconds", "log_px"], flat)
@@ -374,6 +437,9 @@ def plot_loglik_vs_time(curves: dict[str, list[dict[str, float]]],
         for r in rows or []:
             if r["estimator"] == spec:
                 ax.scatter([r["train_seconds"]], [r["log_px"]], marker="*", s=80, color=color)
+                se = r.get("log_px_se")
+                if se is not None and math.isfinite(se):  # standard error over seeds
+                    ax.errorbar([r["train_seconds"]], [r["log_px"]], yerr=[se], color=color, capsize=3)
     ax.set_ylim(bottom, top + 0.05 * (top - bottom))
     ax.set_xlabel("training time (s, evaluation excluded)")
     ax.set_ylabel("held-out log p(x) (nats)")

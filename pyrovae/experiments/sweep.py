@@ -7,6 +7,7 @@ reconstruction), active units against beta, and the KL along training with and w
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,14 +17,21 @@ from matplotlib.figure import Figure
 
 from pyrovae.data.datasets import Dataset
 from pyrovae.errors import PyrovaeError
+from pyrovae.experiments.runner import ensure_run, pm, seed_dirs, summarise
 from pyrovae.runs import write_csv
-from pyrovae.training.loop import train
 from pyrovae.viz import plots
 
 DEFAULT_BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DEFAULT_SCHEDULES = ("linear", "cyclical", "sigmoid")
-COLUMNS = ["run", "beta", "kl_schedule", "test_elbo", "test_recon", "test_kl", "active_units",
-           "seconds_per_epoch"]
+METRICS = ("test_elbo", "test_recon", "test_kl", "active_units")
+COLUMNS = ["run", "beta", "kl_schedule", *METRICS, "seconds_per_epoch"]
+SUMMARY_COLUMNS = [*COLUMNS, "seeds", *(f"{m}_se" for m in (*METRICS, "seconds_per_epoch"))]
+
+
+def schedule_run_name(spec: str) -> str:
+    """A folder name for a schedule spec, unique per spec: ``"cyclical:cycles=4"`` ->
+    ``"schedule-cyclical-cycles=4"``."""
+    return "schedule-" + spec.strip().replace(":", "-").replace(",", "_").replace(" ", "")
 
 
 def sweep(
@@ -33,31 +41,45 @@ def sweep(
     schedule_beta: float = 1.0,
     data: Dataset | None = None,
     progress: bool = False,
+    seeds: int = 1,
     **config: Any,
 ) -> list[dict[str, Any]]:
-    """Train one run per beta (constant schedule) and one per schedule (target ``schedule_beta``).
+    """Train one run per beta (constant schedule) and one per schedule (target ``schedule_beta``),
+    each with ``seeds`` seeds (from the config's ``seed``).
 
     ``config`` holds the shared training options (dataset, epochs, net...). Runs go to
-    ``out/beta-<b>`` and ``out/schedule-<name>``; the table to ``out/sweep.{csv,md}`` and the
-    figures to ``out/figures/``. Returns the table rows.
+    ``out/beta-<b>`` and ``out/schedule-<spec>`` (``.../seed-<s>`` with several seeds); a finished
+    run is reused, an interrupted one resumed. The table goes to ``out/sweep.{csv,md}`` (the mean and
+    standard error over seeds; per-seed rows in ``out/sweep_runs.csv``) and the figures to
+    ``out/figures/``. Returns the table rows.
     """
     if not betas and not schedules:
         raise PyrovaeError("a sweep needs at least one beta or one schedule")
     out = Path(out)
     plan = [(f"beta-{b:g}", b, "constant") for b in betas]
-    plan += [(f"schedule-{s.split(':')[0]}", schedule_beta, s) for s in schedules]
-    rows, curves = [], {}
-    for name, beta, schedule in plan:
-        run = train(run_dir=out / name, data=data, beta=beta, kl_schedule=schedule, overwrite=True,
-                    progress=progress, figures=False, **config)
-        data = run.data if data is None else data  # load once, reuse for every run
-        last = run.metrics[-1]
-        rows.append({
-            "run": name, "beta": beta, "kl_schedule": schedule,
-            **{k: last[k] for k in ("test_elbo", "test_recon", "test_kl", "active_units")},
-            "seconds_per_epoch": sum(r["seconds"] for r in run.metrics) / len(run.metrics),
-        })
-        curves[name] = run.metrics
+    plan += [(schedule_run_name(s), schedule_beta, s) for s in schedules]
+    names = [name for name, _, _ in plan]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PyrovaeError(f"the sweep lists the same run twice: {dupes}")
+    epochs = config.pop("epochs", None)
+    seed = int(config.pop("seed", 0))
+    per_seed, curves = [], {}
+    for i, (name, beta, schedule) in enumerate(plan, 1):
+        for s, run_dir in seed_dirs(out / name, seed, seeds):
+            run, _ = ensure_run(run_dir, epochs, data=data, progress=progress,
+                                label=f"[{i}/{len(plan)}] {name} seed {s}", beta=beta,
+                                kl_schedule=schedule, seed=s, **config)
+            data = run.data if data is None else data  # load once, reuse for every run
+            last = run.metrics[-1]
+            per_seed.append({
+                "run": name, "seed": s, "beta": beta, "kl_schedule": schedule,
+                **{k: last[k] for k in METRICS},
+                "seconds_per_epoch": sum(r["seconds"] for r in run.metrics) / len(run.metrics),
+            })
+            curves.setdefault(name, run.metrics)  # the first seed's curve
+    rows = summarise(per_seed, ["run"], [*METRICS, "seconds_per_epoch"])
+    write_csv(out / "sweep_runs.csv", ["run", "seed", *COLUMNS[1:]], per_seed)
     write_table(rows, out)
     figures = out / "figures"
     plots.save(plot_rate_distortion(rows), figures / "rate_distortion.png")
@@ -72,14 +94,14 @@ def sweep(
 
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> None:
-    """``sweep.csv`` and ``sweep.md`` with one row per run."""
-    write_csv(out / "sweep.csv", COLUMNS, rows)
-    lines = ["| run | beta | KL schedule | held-out ELBO | reconstruction | KL | active units "
-             "| s / epoch |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """``sweep.csv`` and ``sweep.md`` with one row per run (mean ± standard error over seeds)."""
+    write_csv(out / "sweep.csv", SUMMARY_COLUMNS, rows)
+    lines = ["| run | beta | KL schedule | seeds | held-out ELBO | reconstruction | KL | active units "
+             "| s / epoch |", "| --- " * 9 + "|"]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['beta']:g} | {r['kl_schedule']} | {r['test_elbo']:.2f} | "
-                     f"{r['test_recon']:.2f} | {r['test_kl']:.2f} | {r['active_units']} | "
-                     f"{r['seconds_per_epoch']:.2f} |")
+        cells = [pm(r[m], r.get(f"{m}_se"), ".2f") for m in (*METRICS, "seconds_per_epoch")]
+        lines.append(f"| {r['run']} | {r['beta']:g} | {r['kl_schedule']} | {r['seeds']} | "
+                     + " | ".join(cells) + " |")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
 
 
@@ -92,6 +114,7 @@ def plot_rate_distortion(rows: list[dict[str, Any]]) -> Figure:
     fig = plots.figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     flat = sorted((r for r in rows if r["kl_schedule"] == "constant"), key=lambda r: r["beta"])
+    _rate_distortion_errors(ax, rows)
     if len(flat) > 1:
         ax.plot([r["test_kl"] for r in flat], [-r["test_recon"] for r in flat], color="0.7", lw=1,
                 zorder=1)
@@ -109,11 +132,23 @@ def plot_rate_distortion(rows: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def _rate_distortion_errors(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Standard-error bars over seeds, where the rows have them."""
+    for r in rows:
+        xerr, yerr = r.get("test_kl_se"), r.get("test_recon_se")
+        if xerr is not None and yerr is not None and math.isfinite(xerr) and math.isfinite(yerr):
+            ax.errorbar(r["test_kl"], -r["test_recon"], xerr=xerr, yerr=yerr, color="0.4", lw=0.8,
+                        capsize=2, zorder=1.5)
+
+
 def plot_active_units(rows: list[dict[str, Any]]) -> Figure:
     """Active latent units against beta (log scale)."""
     fig = plots.figure(figsize=(5.5, 4))
     ax = fig.add_subplot()
-    ax.plot([r["beta"] for r in rows], [r["active_units"] for r in rows], marker="o")
+    errors = [r.get("active_units_se") for r in rows]
+    errors = [e if e is not None and math.isfinite(e) else 0.0 for e in errors]
+    ax.errorbar([r["beta"] for r in rows], [r["active_units"] for r in rows], yerr=errors, marker="o",
+                capsize=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("β")
     ax.set_ylabel("active units (Var_x E_q[z_d] > 0.01)")
