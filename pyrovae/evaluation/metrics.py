@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
@@ -31,11 +33,18 @@ from pyrovae.infer.estimators import TraceEnum_ELBO
 from pyrovae.infer.traces import dependences, latent_sites, observed_sites, sample_sites, site_log_prob
 from pyrovae.models.contract import Program, inspect_program, rng_untouched, traces, with_own_params
 
-__all__ = ["MAX_ELEMENTS", "active_units", "as_batch", "elbo_terms", "evaluate", "log_likelihood",
-           "log_weights", "program_of"]
+__all__ = ["MAX_ELEMENTS", "MAX_IWAE_K", "active_units", "as_batch", "elbo_terms", "evaluate",
+           "log_likelihood", "log_weights", "program_of"]
 
 # Largest number of site elements held at once when estimating log p(x): bounds memory.
 MAX_ELEMENTS = 1 << 24
+# More importance samples per example than any estimate needs (the literature uses 5,000): a
+# request above it is a typo or a unit slip, and would run for hours without a word.
+MAX_IWAE_K = 10**7
+# Bytes held per site element while a chunk of log weights is computed, in units of the weights'
+# element size: the site values and log-densities, the networks' activations and the temporaries
+# of their log-densities (an estimate: 2 to 5 measured for MLP VAEs on 8x8 and 28x28 images).
+_BYTES_PER_ELEMENT = 8
 
 Data = torch.Tensor | Sequence[torch.Tensor]
 
@@ -214,6 +223,85 @@ def log_weights(model: Any, batch: tuple[torch.Tensor, ...], k: int, program: Pr
     return total.expand(k, len(batch[0]))
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How ``log p(x)`` is computed: ``examples`` per chunk, each with ``draws`` draws at once."""
+
+    examples: int
+    draws: int
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Memory available for new tensors on ``device`` (None where it cannot be told)."""
+    if device.type == "cuda":  # free on the device, and held by torch's allocator but unused
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + unused
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.3g} GiB"
+
+
+def _check_k(k: Any, name: str, n: int) -> int:
+    """``k`` importance samples for each of ``n`` examples: a whole number in [1, MAX_IWAE_K]."""
+    what = checks.label(name, "--iwae-k")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise PyrovaeError(f"the number of importance samples ({what}) must be a whole number >= 1, "
+                           f"got {k!r}")
+    if k > MAX_IWAE_K:
+        raise PyrovaeError(f"{what}={k:,} importance samples per example ({k * n:,} passes of the model "
+                           f"and guide for {n:,} examples) is more than any estimate of log p(x) needs "
+                           f"(5,000 is the usual choice): pass {what} <= {MAX_IWAE_K:,}")
+    return k
+
+
+def _plan(model: Any, batch: tuple[torch.Tensor, ...], k: int, max_elements: int,
+          name: str) -> _Plan | None:
+    """Chunk sizes for ``k`` draws per example, from the size of the sites of two examples; None
+    for a model that defines no ``p(x)``. Refuses, before allocating anything, a request whose
+    smallest chunk (one draw of one example) does not fit in ``max_elements`` or in free memory,
+    naming the gibibytes it needs."""
+    checks.whole(max_elements, "max_elements")
+    with evaluating(model), rng_untouched(batch):
+        model_tr, guide_tr = traces(model, tuple(t[:2] for t in batch))
+    if _no_prior(model_tr):
+        return None
+    n = len(batch[0])
+    values = [s["value"] for tr in (model_tr, guide_tr) for s in sample_sites(tr)]
+    per_draw = max(1, sum(v.numel() for v in values) // min(2, n))  # site elements per example and draw
+    if per_draw > max_elements:
+        raise PyrovaeError(f"one importance sample of one example holds {per_draw:,} site elements, more "
+                           f"than max_elements={max_elements:,}: raise max_elements")
+    per_chunk = max(1, max_elements // (per_draw * k))  # examples per chunk with all k at once
+    plan = _Plan(per_chunk, k) if per_chunk > 1 else _Plan(1, min(k, max_elements // per_draw))
+    itemsize = max((v.element_size() for v in values if v.is_floating_point()),
+                   default=torch.get_default_dtype().itemsize)
+    need = min(plan.examples, n) * plan.draws * per_draw * itemsize * _BYTES_PER_ELEMENT
+    free = _free_bytes(batch[0].device)
+    if free is not None and need > free:
+        smallest = per_draw * itemsize * _BYTES_PER_ELEMENT
+        what = checks.label(name, "--iwae-k")
+        if smallest > free:
+            raise PyrovaeError(f"log p(x) needs about {_gib(smallest)} for one importance sample of one "
+                               f"example but {_gib(free)} is free on {batch[0].device}: free memory, or "
+                               "evaluate on a device with more")
+        draws = max(1, int(free // smallest) // 2)  # half of what is free: leave room for the rest
+        plan = _Plan(1, min(k, draws))
+        warnings.warn(f"log p(x) with {what}={k:,} would need about {_gib(need)} per chunk but "
+                      f"{_gib(free)} is free: computing {plan.draws:,} draws at a time", stacklevel=3)
+    return plan
+
+
 @with_own_params
 @torch.no_grad()
 def log_likelihood(model: Any, data: Data, k: int = 1000, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
@@ -221,27 +309,24 @@ def log_likelihood(model: Any, data: Data, k: int = 1000, max_elements: int = MA
 
     ``logmeanexp_k [log p(x, z_k) - log q(z_k | x)]`` with ``z_k ~ q(z|x)`` (Burda et al. 2016): a
     lower bound in expectation that tightens as ``k`` grows (``k = 1`` is the ELBO). Examples and
-    draws go in chunks of about ``max_elements`` site elements, to bound memory.
+    draws go in chunks of about ``max_elements`` site elements, to bound memory; ``k`` is at most
+    :data:`MAX_IWAE_K`, and a chunk of one draw must fit in free memory.
     """
     batch = as_batch(data)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        what = checks.label("k", "--iwae-k")
-        raise PyrovaeError(f"the number of importance samples ({what}) must be a whole number >= 1, "
-                           f"got {k!r}")
+    plan = _plan(model, batch, _check_k(k, "k", len(batch[0])), max_elements, "k")
+    if plan is None:
+        raise PyrovaeError("this model's latent sites are all masked (an auto-encoder): it defines "
+                           "no likelihood p(x) to estimate; evaluate a VAE, or compare reconstructions")
+    return _log_likelihood(model, batch, k, plan)
+
+
+def _log_likelihood(model: Any, batch: tuple[torch.Tensor, ...], k: int, plan: _Plan) -> torch.Tensor:
     program = program_of(model, batch)
+    out = []
     with evaluating(model):
-        with rng_untouched(batch):
-            model_tr, guide_tr = traces(model, tuple(t[:2] for t in batch))
-        if _no_prior(model_tr):
-            raise PyrovaeError("this model's latent sites are all masked (an auto-encoder): it defines "
-                               "no likelihood p(x) to estimate; evaluate a VAE, or compare reconstructions")
-        size = sum(s["value"].numel() for tr in (model_tr, guide_tr) for s in sample_sites(tr))
-        per_draw = max(1, size // min(2, len(batch[0])))  # site elements per example and draw
-        per_chunk = max(1, max_elements // (per_draw * k))  # examples per chunk with all k at once
-        k_chunk = k if per_chunk > 1 else max(1, max_elements // per_draw)
-        out = []
-        for part in _chunks(batch, per_chunk):
-            parts = [log_weights(model, part, min(k_chunk, k - j), program) for j in range(0, k, k_chunk)]
+        for part in _chunks(batch, plan.examples):
+            parts = [log_weights(model, part, min(plan.draws, k - j), program)
+                     for j in range(0, k, plan.draws)]
             out.append(torch.logsumexp(torch.cat(parts), dim=0) - math.log(k))  # the weights' dtype
     return torch.cat(out)
 
@@ -293,22 +378,25 @@ def _check_batch_size(batch_size: int) -> None:
 def evaluate(model: Any, data: Data, iwae_k: int | None = None, batch_size: int = 1000,
              seed: int = 0) -> dict[str, Any]:
     """Held-out summary: ``n``, ELBO, recon, KL (``kl_method``), active units (total and per site)
-    and, with ``iwae_k``, the importance-sampled ``log p(x)`` and its standard error over examples.
+    and, with ``iwae_k`` (a whole number >= 1; ``None`` skips it), the importance-sampled
+    ``log p(x)`` and its standard error over examples.
 
     Seeds Pyro's generators with ``seed`` so the Monte Carlo estimates are reproducible.
     """
     batch = as_batch(data)
     checks.seed(seed)
     _check_batch_size(batch_size)
+    plan = None
+    if iwae_k is not None:  # refuse a bad request before any work
+        plan = _plan(model, batch, _check_k(iwae_k, "iwae_k", len(batch[0])), MAX_ELEMENTS, "iwae_k")
     pyro.set_rng_seed(seed)
     result: dict[str, Any] = {"n": len(batch[0]), **elbo_terms(model, batch, batch_size)}
     per_site = active_units(model, batch, batch_size=batch_size, per_site=True)
     result["active_units"] = sum(per_site.values())
     result["active_units_per_site"] = per_site
-    if iwae_k is not None:
-        checks.whole(iwae_k, "iwae_k")
-    if iwae_k is not None and result["elbo"] is not None:
-        log_px = log_likelihood(model, batch, iwae_k)
+    if plan is not None and result["elbo"] is not None:
+        with torch.no_grad():
+            log_px = _log_likelihood(model, batch, iwae_k, plan)
         result["iwae_k"] = iwae_k
         result["log_px"] = log_px.mean().item()
         result["log_px_se"] = (log_px.std().item() / math.sqrt(len(log_px))) if len(log_px) > 1 else None
