@@ -1,16 +1,23 @@
 """Run folders: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` and ``figures/``.
 
 A checkpoint holds only state dicts, tensors and plain Python data, so it loads with
-``torch.load(weights_only=True)`` and opening it never runs code. It is written to a temporary file
-and renamed, so a crash mid-write leaves the previous checkpoint intact.
+``torch.load(weights_only=True)`` and opening it never runs code. Every file is written to a
+temporary file of this process and renamed, so a crash (or a full disk) mid-write leaves the
+previous version intact. One process at a time writes a run folder: it holds the folder's lock
+(:func:`lock`), and a second one is refused at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +25,60 @@ import torch
 
 from pyrovae.errors import PyrovaeError
 
+try:
+    import fcntl
+except ImportError:  # Windows: the lock is a file created exclusively
+    fcntl = None
+
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 FIGURES = "figures"
+LOCK = ".lock"
+STAGING = ".staging-"  # a replacing run's files until its first checkpoint
+REPLACED = ".replaced-"  # the replaced run's files while the new ones move in
+MARKER = {"pyrovae": "run-1"}  # in config.json: this folder is a pyrovae run
+# what pyrovae's trackers (pyrovae.tracking) keep in a run folder; they manage these themselves
+TRACKER_FILES = ("steps.jsonl", "mlruns", "mlflow.json", "tensorboard")
+_LEGACY_KEYS = {"dataset", "model", "estimator", "kl_schedule", "eval_held_out"}  # before MARKER
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> PyrovaeError:
+    """A one-line error for a failed write of ``path``, with the fix its ``errno`` calls for."""
+    blocking = _file_in_the_way(Path(path).parent) if exc.errno == errno.ENOTDIR else None
+    if blocking is not None:
+        return PyrovaeError(f"cannot write {path}: {blocking} is a file, not a folder: choose "
+                            "another path")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space (or raise the quota) and run again"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "choose a folder you can write to"
+    else:
+        fix = "check the path and free disk space"
+    return PyrovaeError(f"cannot write {path} ({exc.strerror or exc}): {fix}; files written before "
+                        "are intact")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest ``path`` or ancestor that exists and is not a folder."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create folder ``path`` and its parents; a file in the way is a clear error."""
+    path = Path(path)
+    blocking = _file_in_the_way(path)
+    if blocking is not None:
+        raise PyrovaeError(f"cannot create folder {path}: {blocking} is a file, not a folder: "
+                           "choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    return path
 
 
 def make_run_dir(out: str | os.PathLike | None, prefix: str) -> Path:
@@ -29,16 +86,33 @@ def make_run_dir(out: str | os.PathLike | None, prefix: str) -> Path:
     path = Path(out) if out is not None else Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists() and not path.is_dir():
         raise PyrovaeError(f"--out {path} exists and is not a folder: choose another path")
-    (path / FIGURES).mkdir(parents=True, exist_ok=True)
+    ensure_dir(path / FIGURES)
     return path
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: writers never collide
+
+
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file, flushed to disk, then renamed."""
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not publish a file whose data is not on disk
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -48,24 +122,30 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise PyrovaeError(f"{path} not found: is this a pyrovae run folder?")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PyrovaeError(f"{path} is not valid JSON ({exc}): restore or delete it") from None
 
 
 def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
-    """Write the run's ``config.json`` (everything needed to rebuild the model)."""
-    write_json(Path(run_dir) / CONFIG, config)
+    """Write the run's ``config.json`` (everything needed to rebuild the model), marked as a
+    pyrovae run."""
+    write_json(Path(run_dir) / CONFIG, {**config, **MARKER})
 
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read the run's ``config.json``."""
-    return read_json(Path(run_dir) / CONFIG)
+    """Read the run's ``config.json`` (without the pyrovae marker)."""
+    config = read_json(Path(run_dir) / CONFIG)
+    return {k: v for k, v in config.items() if k not in MARKER} if isinstance(config, dict) else config
 
 
 def append_metrics(run_dir: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one JSON line to the run's ``metrics.jsonl``."""
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -88,28 +168,32 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 def truncate_metrics(run_dir: str | os.PathLike, key: str, last: int) -> None:
     """Drop rows whose ``key`` exceeds ``last`` (rows written after the checkpoint a run resumes)."""
     rows = [r for r in read_metrics(run_dir) if r.get(key, 0) <= last]
-    path = Path(run_dir) / METRICS
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_bytes(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def write_csv(path: str | os.PathLike, columns: list[str], rows: list[dict[str, Any]]) -> None:
     """A CSV table with ``columns`` (keys outside them are ignored), one line per row."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    ensure_dir(path.parent)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, text.getvalue().encode())
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Save ``payload`` (state dicts, tensors, plain data) atomically with ``torch.save``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Save ``payload`` (state dicts, tensors, plain data) atomically with ``torch.save``.
+
+    A failed write (full disk, quota, read-only folder) leaves no temporary file and the previous
+    checkpoint in place, and raises :class:`~pyrovae.errors.PyrovaeError`.
+    """
+    buffer = io.BytesIO()  # serialise in memory: a failed disk write is then a plain OSError
+    try:
+        torch.save(payload, buffer)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -127,3 +211,133 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{(str(exc).splitlines() or ['empty or truncated file'])[0]}): "
             "it is corrupt or not a pyrovae checkpoint"
         ) from None
+
+
+# ---- one writer per run folder ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``RUN/.lock`` exclusively for the block (the folder must exist).
+
+    Another process (or another call in this one) that asks for the lock meanwhile gets a
+    :class:`~pyrovae.errors.PyrovaeError` at once. The lock is ``fcntl.flock``, released by the
+    system even when the holder is killed; without ``fcntl`` it is the file itself, created
+    exclusively and removed on release.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK
+    flags = os.O_RDWR | os.O_CREAT | (0 if fcntl is not None else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileExistsError:
+        raise _busy(run_dir, path) from None
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _busy(run_dir, path) from None
+            os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield run_dir
+    finally:
+        os.close(fd)  # releases the flock
+        if fcntl is None:
+            path.unlink(missing_ok=True)
+
+
+def _busy(run_dir: Path, path: Path) -> PyrovaeError:
+    try:
+        pid = path.read_text().strip() or "unknown"
+    except OSError:
+        pid = "unknown"
+    stale = "" if fcntl is not None else f" (if no pyrovae process runs, delete {path})"
+    return PyrovaeError(f"{run_dir} is being written by another pyrovae process (pid {pid}): wait for "
+                        f"it to finish, or choose another folder{stale}")
+
+
+# ---- what a folder holds, and replacing a run -----------------------------------------------------
+
+
+def _ours(entry: Path) -> bool:
+    """Files pyrovae leaves in a folder it has not written a run into yet."""
+    if entry.name in (LOCK, *TRACKER_FILES) or entry.name.startswith((STAGING, REPLACED)):
+        return True
+    return entry.name == FIGURES and entry.is_dir() and not any(entry.iterdir())
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a pyrovae run: a marked ``config.json``, or (runs written before the
+    marker) a training config beside a checkpoint."""
+    path = Path(path)
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    if all(config.get(k) == v for k, v in MARKER.items()):
+        return True
+    legacy = _LEGACY_KEYS <= set(config) or config.get("command") == "toy"
+    return legacy and (path / CHECKPOINT).is_file()
+
+
+def folder_state(path: str | os.PathLike) -> str:
+    """``"new"`` (missing, or holding nothing pyrovae would replace), ``"run"`` (a pyrovae run
+    without a checkpoint, such as one that diverged in its first epoch), ``"trained"`` (a pyrovae
+    run with a checkpoint) or ``"foreign"`` (a folder with other files)."""
+    path = Path(path)
+    if not path.exists():
+        return "new"
+    if not path.is_dir():
+        raise PyrovaeError(f"{path} exists and is not a folder: choose another path")
+    if all(_ours(entry) for entry in path.iterdir()):
+        return "new"
+    if not is_run_dir(path):
+        return "foreign"
+    return "trained" if (path / CHECKPOINT).exists() else "run"
+
+
+def remove_leftovers(run_dir: str | os.PathLike) -> None:
+    """Delete staging folders that killed processes left behind (call with the lock held)."""
+    for entry in Path(run_dir).iterdir():
+        if entry.is_dir() and entry.name.startswith((STAGING, REPLACED)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def stage(run_dir: str | os.PathLike) -> Path:
+    """A new, empty folder inside ``run_dir`` where a replacing run writes until :func:`commit`."""
+    return make_run_dir(Path(run_dir) / f"{STAGING}{os.getpid()}", "")
+
+
+def commit(run_dir: str | os.PathLike, staging: str | os.PathLike) -> None:
+    """Replace the run in ``run_dir`` by the one in ``staging`` (which holds its first checkpoint).
+
+    The old files move aside, the new ones in, the new checkpoint last: ``run_dir`` always holds a
+    checkpoint, its own or the new one. Trackers' files stay (a tracker replaces its own record when
+    it starts). Call with the lock held.
+    """
+    run_dir, staging = Path(run_dir), Path(staging)
+    aside = run_dir / f"{REPLACED}{os.getpid()}"
+    keep = (LOCK, CHECKPOINT, staging.name, aside.name, *TRACKER_FILES)
+    try:
+        aside.mkdir(exist_ok=True)
+        for entry in list(run_dir.iterdir()):
+            if entry.name not in keep:
+                os.replace(entry, aside / entry.name)
+        for entry in list(staging.iterdir()):
+            if entry.name not in (LOCK, CHECKPOINT):
+                os.replace(entry, run_dir / entry.name)
+        os.replace(staging / CHECKPOINT, run_dir / CHECKPOINT)
+    except OSError as exc:
+        raise write_error(run_dir, exc) from None
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_staging(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder made by :func:`stage`."""
+    return Path(path).name.startswith(STAGING)

@@ -13,10 +13,13 @@ import contextlib
 import math
 import os
 import re
+import shutil
 import sys
 import time
+import types
+import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,8 +154,10 @@ def train(
     With ``run_dir``, writes ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` (each epoch) and
     ``figures/``. ``resume=True`` continues the run in ``run_dir`` from its checkpoint up to
     ``epochs`` (only ``epochs``, ``device``, ``lr``, ``data_dir`` and ``compile`` may be overridden
-    then; a user model must be passed again). A folder that already holds a checkpoint is only reused
-    with ``resume=True`` or ``overwrite=True``.
+    then; a user model must be passed again). ``run_dir`` must be new, empty or a pyrovae run; one
+    that holds a checkpoint is only reused with ``resume=True`` or ``overwrite=True``, and the run it
+    holds is replaced only once the new run has written its first checkpoint. One process at a time
+    writes a run folder: another one that asks meanwhile fails at once.
 
     Under ``torchrun`` (or in a process group the caller made) every rank trains on its shard of each
     global batch of ``batch_size`` and rank 0 alone writes ``run_dir`` and evaluates; see
@@ -161,55 +166,123 @@ def train(
     user_model = model if model is not None and not isinstance(model, str) else None
     if isinstance(model, str):
         overrides["model"] = model
-    ckpt = None
-    if resume:
-        if run_dir is None:
-            raise PyrovaeError("resume=True needs the run folder: pass run_dir (--resume RUN_DIR)")
-        ckpt = _load_training_checkpoint(run_dir)
-        saved = dict(ckpt["config"])
-        if user_model is not None:
-            overrides.pop("model", None)
-        bad = sorted(k for k, v in overrides.items() if k not in RESUMABLE
-                     and v is not None and v != saved.get(k))
-        if bad:
-            raise PyrovaeError(f"cannot change {bad} when resuming: only {', '.join(RESUMABLE)}")
-        saved.update({k: v for k, v in overrides.items() if v is not None})
-        config = TrainConfig.from_dict(saved)
-        if config.model.startswith("user:") and user_model is None:
-            raise PyrovaeError(f"{run_dir} trained a user model ({config.model[5:]}): resume it with "
-                               "train(model=YourModel(...), run_dir=..., resume=True)")
+    if resume and run_dir is None:
+        raise PyrovaeError("resume=True needs the run folder: pass run_dir (--resume RUN_DIR)")
+    with _writing(run_dir, resume):  # one process at a time writes a run folder
+        ckpt, replace = None, False
+        if resume:
+            ckpt = _load_training_checkpoint(run_dir)
+            config = _resumed_config(ckpt, config, overrides, data, user_model, run_dir)
+        else:
+            replace = run_dir is not None and _replaces(run_dir, overwrite)
+            config = _new_config(config, overrides, data, user_model)
+        config = resolve(config)
+        ctx = distributed.setup(config.device)
+        try:
+            return _train(config, ctx, ckpt, run_dir, data, user_model, inputs, progress, figures,
+                          tuple(callbacks), replace)
+        finally:
+            distributed.teardown(ctx)
+
+
+def _main_process() -> bool:
+    """Rank 0 of a data-parallel run (read before the process group is joined), or the only one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def _writing(run_dir: str | os.PathLike | None, resume: bool) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (rank 0 alone writes); a folder made here and left without a run
+    (the run failed before writing anything) is removed again."""
+    path = None if run_dir is None else Path(run_dir)
+    if path is None or not _main_process() or (resume and not path.is_dir()):
+        yield  # a missing folder to resume is reported by the checkpoint loader
+        return
+    made = not path.exists()
+    runs.ensure_dir(path)
+    with runs.lock(path):
+        runs.remove_leftovers(path)
+        try:
+            yield
+        finally:
+            if made and runs.folder_state(path) == "new":
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _replaces(run_dir: str | os.PathLike, overwrite: bool) -> bool:
+    """Whether a new run in ``run_dir`` replaces an earlier one; refuses folders of other files."""
+    state = runs.folder_state(run_dir)
+    if state == "foreign":
+        names = sorted(p.name for p in Path(run_dir).iterdir())
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise PyrovaeError(f"{run_dir} holds files ({shown}) but no pyrovae run: training would "
+                           f"replace them; choose an empty or new folder for {checks.label('run_dir')} "
+                           f"({checks.label('overwrite')} only replaces a pyrovae run)")
+    if state == "trained" and not overwrite:
+        raise PyrovaeError(f"{run_dir} already holds a trained run: resume it with resume=True "
+                           "(--resume), pass overwrite=True (--overwrite) to replace it, or choose "
+                           "another run_dir (--out)")
+    return state != "new"
+
+
+def _new_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str, Any],
+                data: Dataset | None, user_model: Any) -> TrainConfig:
+    """The config of a new run: ``config``, then ``overrides``, then what ``data`` and a user's
+    model imply."""
+    given = dict(config) if isinstance(config, dict) else {}
+    if data is not None and "dataset" not in given and "dataset" not in overrides \
+            and not isinstance(config, TrainConfig):
+        overrides["dataset"] = data.name  # record what was trained on, not the default
+    if user_model is not None:
+        built = sorted(k for k in BUILTIN_OPTIONS if overrides.get(k, given.get(k)) is not None)
+        if built:
+            raise PyrovaeError(f"{built} configure the built-in models; your {type(user_model).__name__} "
+                               "is built by you: set them in its constructor")
+        overrides["model"] = model_name(user_model)
+        if overrides.get("binarize", given.get("binarize")) is None:
+            overrides["binarize"] = "none"  # the user's likelihood decides what data it takes
+    base = config.to_dict() if isinstance(config, TrainConfig) else TrainConfig().to_dict()
+    return TrainConfig.from_dict({**base, **given, **overrides})
+
+
+def _resumed_config(ckpt: dict, config: TrainConfig | dict[str, Any] | None,
+                    overrides: dict[str, Any], data: Dataset | None, user_model: Any,
+                    run_dir: str | os.PathLike) -> TrainConfig:
+    """The saved config with the options a resume may change; any other option that differs
+    from the recorded one is an error naming both."""
+    saved = dict(ckpt["config"])
+    if isinstance(config, TrainConfig):  # the fields set away from their defaults
+        default = TrainConfig().to_dict()
+        asked = {k: v for k, v in config.to_dict().items() if v != default[k]}
     else:
-        if run_dir is not None and not overwrite and (Path(run_dir) / runs.CHECKPOINT).exists():
-            raise PyrovaeError(f"{run_dir} already holds a trained run: resume it with resume=True "
-                               "(--resume), pass overwrite=True (--overwrite) to replace it, or choose "
-                               "another run_dir (--out)")
-        given = dict(config) if isinstance(config, dict) else {}
-        if data is not None and "dataset" not in given and "dataset" not in overrides \
-                and not isinstance(config, TrainConfig):
-            overrides["dataset"] = data.name  # record what was trained on, not the default
-        if user_model is not None:
-            built = sorted(k for k in BUILTIN_OPTIONS if overrides.get(k, given.get(k)) is not None)
-            if built:
-                raise PyrovaeError(f"{built} configure the built-in models; your {type(user_model).__name__} "
-                                   "is built by you: set them in its constructor")
-            overrides["model"] = model_name(user_model)
-            if overrides.get("binarize", given.get("binarize")) is None:
-                overrides["binarize"] = "none"  # the user's likelihood decides what data it takes
-        base = config.to_dict() if isinstance(config, TrainConfig) else TrainConfig().to_dict()
-        config = TrainConfig.from_dict({**base, **given, **overrides})
-    config = resolve(config)
-    ctx = distributed.setup(config.device)
-    try:
-        return _train(config, ctx, ckpt, run_dir, data, user_model, inputs, progress, figures,
-                      tuple(callbacks))
-    finally:
-        distributed.teardown(ctx)
+        asked = dict(config or {})
+    asked.update(overrides)
+    if user_model is not None:
+        asked.pop("model", None)
+    if data is not None and asked.get("dataset") is None:
+        asked["dataset"] = data.name  # data of another name is another data set
+    bad = sorted(k for k, v in asked.items() if k not in RESUMABLE and v is not None
+                 and v != saved.get(k))
+    if bad:
+        recorded = ", ".join(f"{checks.label(k)} {saved.get(k)!r} (asked for {asked[k]!r})" for k in bad)
+        raise PyrovaeError(f"cannot change {bad} when resuming: the run in {run_dir} was trained with "
+                           f"{recorded}; only {', '.join(RESUMABLE)} may change (train a new run to "
+                           "change the others)")
+    saved.update({k: v for k, v in asked.items() if v is not None})
+    config = TrainConfig.from_dict(saved)
+    if config.model.startswith("user:") and user_model is None:
+        raise PyrovaeError(f"{run_dir} trained a user model ({config.model[5:]}): resume it with "
+                           "train(model=YourModel(...), run_dir=..., resume=True)")
+    return config
 
 
 def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
            run_dir: str | os.PathLike | None, data: Dataset | None, user_model: Any,
            inputs: Sequence[str] | None, progress: bool, figures: bool,
-           callbacks: tuple[Callable, ...]) -> Run:
+           callbacks: tuple[Callable, ...], replace: bool = False) -> Run:
+    source = run_dir  # where a resumed checkpoint came from (every rank reads it)
     device = resolve_device(distributed.device_name(ctx, config.device))
     data = prepare_data(config, data).to(device)
     mode, why = steps.choose(config.compile, device, config.estimator)
@@ -255,31 +328,74 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         n = len(train_batch[0])
         steps_per_epoch = n // config.batch_size if mode == "graph" else math.ceil(n / config.batch_size)
         if ckpt is not None:
-            load_state(model, program, _checkpoint_state(ckpt))
-            optimizer.load_state_dict(ckpt["optimizer"])
-            _restore_optimizer_flags(optimizer, config.lr, capturable=capturable)
-            run.schedule = from_dict(ckpt["schedule"])
+            _resume_state(ckpt, source, model, program, optimizer, config.lr, capturable)
+            run.schedule = _checkpoint_schedule(ckpt, source)
         else:
             run.schedule = parse_schedule(config.kl_schedule, config.beta,
                                           steps_per_epoch * config.epochs, steps_per_epoch)
+        on_checkpoint = None
         if run_dir is not None:  # the program and the estimator passed their checks: write
-            run_dir = run.run_dir = runs.make_run_dir(run_dir, config.dataset)
-            runs.write_config(run_dir, config.to_dict())
-            if ckpt is not None:
-                runs.truncate_metrics(run_dir, "epoch", ckpt["epoch"])
-                run.metrics = runs.read_metrics(run_dir)
-            else:  # a fresh run (overwrite): nothing of an earlier run may stay beside the new config
-                for name in (runs.METRICS, runs.CHECKPOINT):
-                    (run_dir / name).unlink(missing_ok=True)
-        fit(run, optimizer, elbo, train_batch, test_batch, ckpt, progress and ctx.is_main, ctx, callbacks)
+            run_dir = runs.make_run_dir(run_dir, config.dataset)
+            run.run_dir, on_checkpoint = _open_run_folder(run, run_dir, ckpt, replace)
+        try:
+            fit(run, optimizer, elbo, train_batch, test_batch, ckpt, progress and ctx.is_main, ctx,
+                callbacks, on_checkpoint)
+        finally:
+            if run.run_dir is not None and runs.is_staging(run.run_dir):  # no checkpoint: discard it
+                shutil.rmtree(run.run_dir, ignore_errors=True)
+                run.run_dir = run_dir
         trained = _param_values(program)
     remember_params(model, trained)  # evaluation functions use them (models.contract.own_params)
     _restore_params(trained)  # and Pyro's global store holds them, as after Pyro's own SVI
-    if figures and run_dir is not None:
-        from pyrovae.viz.report import save_run_figures
-
-        save_run_figures(run)
+    if figures and run.run_dir is not None:
+        _save_figures(run)
     return run
+
+
+def _open_run_folder(run: Run, run_dir: Path, ckpt: dict | None,
+                     replace: bool) -> tuple[Path, Callable[[], None]]:
+    """The folder training writes into, and what to do once it has written a checkpoint.
+
+    ``config.json`` always describes the checkpoint beside it: a resumed run (whose ``lr`` or
+    ``epochs`` may be new) rewrites it after its first checkpoint; a run that replaces another
+    writes into a staging folder, swapped in after its first checkpoint, so a run that fails
+    before then leaves the earlier one as it was.
+    """
+    write_dir = run_dir
+    if ckpt is not None:
+        runs.truncate_metrics(run_dir, "epoch", ckpt["epoch"])
+        run.metrics = runs.read_metrics(run_dir)
+    else:
+        write_dir = runs.stage(run_dir) if replace else run_dir
+        runs.write_config(write_dir, run.config.to_dict())
+    done = False
+
+    def on_checkpoint() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        if ckpt is not None:
+            runs.write_config(run_dir, run.config.to_dict())
+        elif write_dir != run_dir:
+            runs.commit(run_dir, write_dir)
+            run.run_dir = run_dir
+
+    return write_dir, on_checkpoint
+
+
+def _save_figures(run: Run) -> None:
+    """The run's figures; a failure (full disk, a plotting error) is a warning, never a lost run."""
+    from pyrovae.viz.report import save_run_figures
+
+    try:
+        save_run_figures(run)
+    except Exception as exc:  # any plotting error: the trained run is saved, figures are extras
+        first = str(exc).splitlines()[0] if str(exc) else "no message"
+        fix = "free disk space, then draw" if isinstance(exc, OSError) else "draw"
+        warnings.warn(f"the figures of {run.run_dir} could not be written ({type(exc).__name__}: "
+                      f"{first}); the run and its checkpoint are saved: {fix} them with "
+                      "pyrovae.viz.report.save_run_figures(load_run(run_dir))", stacklevel=4)
 
 
 def _check_program(model: Any, batch: tuple[torch.Tensor, ...], config: TrainConfig) -> Program:
@@ -368,7 +484,7 @@ CHECK_EVERY = 100  # steps between host reads of the accumulated loss on a GPU
 def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
         train_batch: tuple[torch.Tensor, ...], test_batch: tuple[torch.Tensor, ...],
         ckpt: dict | None = None, progress: bool = True, ctx: distributed.Context | None = None,
-        callbacks: tuple[Callable, ...] = ()) -> None:
+        callbacks: tuple[Callable, ...] = (), on_checkpoint: Callable[[], None] | None = None) -> None:
     """Run the epochs of ``run``, from scratch or from checkpoint ``ckpt``; fills ``run.metrics``.
 
     Each step is ``elbo.differentiable_loss`` of model and guide under the KL weight of the
@@ -376,7 +492,8 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
     gradient sum over ranks and the optimizer update; eager or replayed from a CUDA graph
     (:mod:`pyrovae.training.steps`). Losses are summed on the device and read every step on the CPU,
     every :data:`CHECK_EVERY` steps and at each epoch's end on a GPU. A NaN/inf loss or parameter
-    raises :class:`TrainingDiverged` before the epoch's checkpoint.
+    raises :class:`TrainingDiverged` before the epoch's checkpoint. ``on_checkpoint`` is called
+    after each checkpoint is written.
     """
     from tqdm.auto import tqdm
 
@@ -462,9 +579,15 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
             if row.get("test_recon") is not None:
                 bar.set_postfix(epoch=epoch, test_recon=f"{row['test_recon']:.2f}")
             if run.run_dir is not None:
+                payload = checkpoint_payload(run, optimizer, epoch, step, gen, train_batch)
+                bad = _non_finite(payload["state"])
+                if bad is not None:  # such a checkpoint is never written
+                    raise TrainingDiverged(_diverged_message(run, epoch, step, "finite, but the "
+                                                             f"saved state {bad!r} became nan or inf"))
                 runs.append_metrics(run.run_dir, row)
-                runs.save_checkpoint(run.run_dir / runs.CHECKPOINT,
-                                     checkpoint_payload(run, optimizer, epoch, step, gen, train_batch))
+                runs.save_checkpoint(run.run_dir / runs.CHECKPOINT, payload)
+                if on_checkpoint is not None:
+                    on_checkpoint()
             stop = any([callback(run, row) is True for callback in callbacks])
             if distributed.broadcast_flag(ctx, stop):
                 break  # a callback asked to stop: this epoch's checkpoint is written
@@ -524,9 +647,13 @@ def _held_out(model: Any, test_batch: tuple[torch.Tensor, ...], config: TrainCon
             "active_units": active_units(model, test_batch, batch_size=config.eval_batch_size)}
 
 
-def _diverged_message(run: Run, epoch: int, step: int, loss: float) -> str:
-    where = f"the last good checkpoint ({run.run_dir / runs.CHECKPOINT}, epoch {epoch - 1}) " \
-            "is intact" if run.run_dir is not None and epoch > 1 else "no checkpoint was written"
+def _diverged_message(run: Run, epoch: int, step: int, loss: float | str) -> str:
+    if run.run_dir is not None and runs.is_staging(run.run_dir):
+        where = f"the run already in {run.run_dir.parent} is left as it was"
+    elif run.run_dir is not None and epoch > 1:
+        where = f"the last good checkpoint ({run.run_dir / runs.CHECKPOINT}, epoch {epoch - 1}) is intact"
+    else:
+        where = "no checkpoint was written"
     return (f"training stopped: the loss became {loss} at epoch {epoch}, step {step}; {where}. "
             "Try a smaller --lr, or --likelihood bernoulli/continuous-bernoulli for [0, 1] data")
 
@@ -565,15 +692,191 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+DAMAGED = "the checkpoint is damaged or from another model: retrain or restore it"
+
+
+def _damaged(path: str | os.PathLike, what: str) -> PyrovaeError:
+    return PyrovaeError(f"{path}: {what}; {DAMAGED}")
+
+
 def _load_training_checkpoint(run_dir: str | os.PathLike, device: str = "cpu") -> dict:
     ckpt = runs.load_checkpoint(run_dir, map_location=device)
     needed = {"format", "epoch", "step", "config", "optimizer", "schedule", "rng"}
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if fmt not in READABLE_FORMATS or needed - set(ckpt) \
-            or ({"state"} if fmt == CHECKPOINT_FORMAT else {"vae", "model"}) - set(ckpt):
+    if fmt not in READABLE_FORMATS:
         raise PyrovaeError(f"{run_dir} holds a checkpoint that pyrovae's training did not write "
                            f"(expected format {CHECKPOINT_FORMAT}): pass a pyrovae run folder")
+    path = _checkpoint_path(run_dir)
+    needed |= {"state", "spec", "inputs"} if fmt == CHECKPOINT_FORMAT else {"vae", "model"}
+    missing = sorted(needed - set(ckpt))
+    if missing:
+        raise _damaged(path, f"key {missing[0]!r} is missing")
+    _check_checkpoint(ckpt, path)
     return ckpt
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _tensors(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                           for k, v in value.items())
+
+
+def _bytes(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def _check_checkpoint(ckpt: dict, path: Path) -> None:
+    """Every entry training and loading use, with the type they need (one error per problem)."""
+    for key in ("epoch", "step"):
+        if not _is_int(ckpt[key]):
+            raise _damaged(path, f"{key!r} is {ckpt[key]!r}, not a whole number >= 0")
+    _check_config(ckpt["config"], path)
+    if ckpt["format"] == CHECKPOINT_FORMAT:
+        state, spec = ckpt["state"], ckpt["spec"]
+        if not isinstance(state, dict) or not _tensors(state.get("module")) \
+                or not _tensors(state.get("params")):
+            raise _damaged(path, "'state' must hold the tensors 'module' and 'params'")
+        if not (spec is None or isinstance(spec, dict)) or \
+                (spec is None and not ckpt["config"].get("model", "vae").startswith("user:")):
+            raise _damaged(path, f"'spec' is {type(spec).__name__}, not the built-in model's options")
+        config = ckpt["config"]
+        for key in sorted(set(spec or {}) & set(config) - {"model"}):
+            if config[key] is not None and spec[key] != config[key]:  # None: the model's default
+                raise _damaged(path, f"its model spec has {key}={spec[key]!r} and its config "
+                               f"{key}={config[key]!r}")
+        _check_inputs(ckpt["inputs"], path)
+        tensors = {**state["module"], **state["params"]}
+    else:
+        if not isinstance(ckpt["vae"], dict) or not _tensors(ckpt["model"]):
+            raise _damaged(path, "'vae' and 'model' must be the model's options and weights")
+        tensors = ckpt["model"]
+    bad = _non_finite({"module": tensors})
+    if bad is not None:
+        raise PyrovaeError(f"{path}: parameter {bad!r} is nan or inf, so the model it holds cannot "
+                           "be used; retrain or restore the checkpoint")
+    opt = ckpt["optimizer"]
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) \
+            or not isinstance(opt.get("param_groups"), list):
+        raise _damaged(path, "'optimizer' is not an optimizer state dict")
+    if not isinstance(ckpt["schedule"], dict) or not isinstance(ckpt["schedule"].get("name"), str):
+        raise _damaged(path, "'schedule' is not a KL schedule")
+    rng = ckpt["rng"]
+    if not isinstance(rng, dict) or not _bytes(rng.get("torch")) or not _bytes(rng.get("data")) \
+            or not isinstance(rng.get("device", "cpu"), str) \
+            or ("cuda" in rng and not _bytes(rng["cuda"])):
+        raise _damaged(path, "'rng' must hold random generator states (uint8 tensors)")
+    size = torch.get_rng_state().numel()
+    if len(rng["torch"]) != size or (rng.get("device", "cpu") == "cpu" and len(rng["data"]) != size):
+        raise _damaged(path, f"'rng' holds generator states of the wrong size (a CPU one has {size} bytes)")
+
+
+_CONFIG_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type ``hint`` names (the subset TrainConfig uses)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return _is_int(value, minimum=-(2**63))
+    return isinstance(value, hint)
+
+
+def _check_config(config: Any, path: Path) -> None:
+    if not isinstance(config, dict):
+        raise _damaged(path, f"'config' is {type(config).__name__}, not a dict")
+    for key, value in config.items():
+        if key not in _CONFIG_TYPES:
+            raise _damaged(path, f"config key {key!r} is not a training option")
+        if not _fits(value, _CONFIG_TYPES[key]):
+            raise _damaged(path, f"config {key!r} is {value!r}, not {_CONFIG_TYPES[key]}")
+    try:
+        resolve(TrainConfig.from_dict(config))
+    except PyrovaeError as exc:
+        raise _damaged(path, f"its config is invalid ({exc})") from None
+
+
+def _check_inputs(inputs: Any, path: Path) -> None:
+    ok = isinstance(inputs, dict) and all(isinstance(inputs.get(k), list)
+                                          for k in ("fields", "shapes", "dtypes"))
+    ok = ok and len(inputs["fields"]) == len(inputs["shapes"]) == len(inputs["dtypes"]) >= 1
+    ok = ok and all(isinstance(f, str) for f in inputs["fields"])
+    ok = ok and all(isinstance(s, list) and all(_is_int(d) for d in s) for s in inputs["shapes"])
+    ok = ok and all(isinstance(getattr(torch, str(d), None), torch.dtype) for d in inputs["dtypes"])
+    if not ok:
+        raise _damaged(path, "'inputs' must list the fields, shapes and dtypes of the training data")
+
+
+def _non_finite(state: dict[str, dict[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating tensor of ``state`` holding nan or inf, if any."""
+    for part in state.values():
+        for name, value in part.items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                return name
+    return None
+
+
+def _check_state_fits(model: Any, state: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
+    """The checkpoint's module weights against the rebuilt model's: the same names and shapes."""
+    if not isinstance(model, nn.Module) or not state.get("module"):
+        return
+    own, saved = model.state_dict(), state["module"]
+    problem = None
+    if sorted(set(own) - set(saved)):
+        problem = f"key {sorted(set(own) - set(saved))[0]!r} is missing"
+    elif sorted(set(saved) - set(own)):
+        problem = f"key {sorted(set(saved) - set(own))[0]!r} is not in the model"
+    else:
+        for key, value in saved.items():
+            if value.shape != own[key].shape:
+                problem = (f"key {key!r} has shape {tuple(value.shape)}, the model's "
+                           f"{tuple(own[key].shape)}")
+                break
+    if problem is not None:
+        raise PyrovaeError(f"{path}: the weights do not fit this {type(model).__name__} ({problem}); "
+                           f"{DAMAGED} (a model of your own: build it with the arguments it was "
+                           "trained with)")
+
+
+def _resume_state(ckpt: dict, run_dir: str | os.PathLike, model: Any, program: Program,
+                  optimizer: torch.optim.Adam, lr: float, capturable: bool) -> None:
+    """Load the checkpoint's weights and optimizer state into a freshly built run."""
+    path = _checkpoint_path(run_dir)
+    state = _checkpoint_state(ckpt)
+    _check_state_fits(model, state, path)
+    load_state(model, program, state)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        raise _damaged(path, f"its 'optimizer' does not fit the model ({exc})") from None
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if key != "step" and (not isinstance(value, torch.Tensor) or value.shape != p.shape):
+                    raise _damaged(path, f"its optimizer state {key!r} does not fit a parameter of "
+                                   f"shape {tuple(p.shape)}")
+    _restore_optimizer_flags(optimizer, lr, capturable=capturable)
+
+
+def _checkpoint_schedule(ckpt: dict, run_dir: str | os.PathLike) -> Schedule:
+    try:
+        return from_dict(ckpt["schedule"])
+    except (PyrovaeError, TypeError, ValueError) as exc:
+        raise _damaged(_checkpoint_path(run_dir), f"its 'schedule' is not a KL schedule ({exc})") from None
 
 
 def _checkpoint_state(ckpt: dict) -> dict[str, dict[str, torch.Tensor]]:
@@ -589,6 +892,21 @@ def _checkpoint_spec(ckpt: dict) -> dict[str, Any]:
     if spec.get("noise") is None:
         spec.pop("noise", None)
     return spec
+
+
+def _checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / runs.CHECKPOINT if Path(run_dir).is_dir() else Path(run_dir)
+
+
+def _rebuild(ckpt: dict, run_dir: str | os.PathLike) -> Any:
+    """The built-in model the checkpoint's spec describes."""
+    try:
+        return from_spec(_checkpoint_spec(ckpt))
+    except PyrovaeError as exc:
+        raise _damaged(_checkpoint_path(run_dir), f"its model spec is invalid ({exc})") from None
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise _damaged(_checkpoint_path(run_dir), f"its model spec cannot build a model "
+                       f"({type(exc).__name__}: {exc})") from None
 
 
 def _placeholder_batch(ckpt: dict, device: str) -> tuple[torch.Tensor, ...]:
@@ -622,7 +940,7 @@ def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
                                f"of it, load_run(run_dir, model=YourModel(...)) (on the command line: "
                                f"--model {config.model[5:].rpartition('.')[0]}:"
                                f"{config.model.rpartition('.')[2]})")
-        model = from_spec(_checkpoint_spec(ckpt))
+        model = _rebuild(ckpt, run_dir)
     elif isinstance(model, str):
         raise PyrovaeError(f"load_run rebuilds built-in models itself: pass model=None, not {model!r}")
     elif not user and model_name(model) != config.model:
@@ -637,12 +955,13 @@ def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
     forget_params(model)
     with pyro.get_param_store().scope():  # the object's own initial values, not stale global ones
         program = inspect_program(model, tuple(t[:3] for t in batch))
+        _check_state_fits(model, _checkpoint_state(ckpt), _checkpoint_path(run_dir))
         load_state(model, program, _checkpoint_state(ckpt))
         loaded = _param_values(program)
     remember_params(model, loaded)
     _restore_params(loaded)
     remember_inputs(model, batch)
     _train_mode(model, False)
-    schedule = from_dict(ckpt["schedule"])
+    schedule = _checkpoint_schedule(ckpt, run_dir)
     return Run(model, dataset, config, runs.read_metrics(run_dir), run_dir, schedule,
                program=program, inputs=fields)
