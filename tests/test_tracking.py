@@ -292,28 +292,48 @@ def test_mlflow_resume_without_its_store_starts_a_new_run(tmp_path, mlflow_clien
 # ---------------------------------------------------------------- with the training loop
 
 
-def test_the_loops_epoch_rows_and_samples_reach_every_backend(tmp_path, digits, single_thread,
-                                                                accumulator, mlflow_client):
-    from pyrovae.evaluation.generate import sample
+def test_train_tracks_steps_epochs_and_images_and_resumes(tmp_path, digits, single_thread,
+                                                           accumulator, mlflow_client):
+    """train(tracking=...) feeds every backend from the loop itself; tracking does not change the
+    run (images are drawn on a fork of the random state); a resume continues the same records."""
+    from pyrovae.tracking.jsonl import read_steps
     from pyrovae.training import train
 
-    trackers = build_trackers("tensorboard,mlflow", tmp_path)
-
-    def forward(run, row):  # until the loop calls the trackers itself
-        trackers.log_epoch(row["epoch"], row["step"], row)
-        trackers.log_images(row["step"], "samples", sample(run.model, 16, seed=0))
-
     small = digits.subset(200, 100)
-    with trackers, warnings.catch_warnings():
+    opts = dict(dataset="digits", data=small, batch_size=50, progress=False, figures=False)
+    plain = train(epochs=3, run_dir=tmp_path / "plain", **opts)
+    out = tmp_path / "tracked"
+    with warnings.catch_warnings():
         warnings.simplefilter("error", TrackingWarning)  # a backend that fails fails the test
-        trackers.start(tmp_path, {"dataset": "digits", "epochs": 2})
-        run = train(dataset="digits", data=small, epochs=2, run_dir=tmp_path, progress=False,
-                    figures=False, callbacks=[forward])
-    assert trackers.active == trackers.trackers
+        train(epochs=2, run_dir=out, tracking="tensorboard,mlflow,jsonl", track_every=3, **opts)
+        run = train(epochs=3, run_dir=out, resume=True, tracking="tensorboard,mlflow,jsonl",
+                    track_every=3, **{k: v for k, v in opts.items() if k != "dataset"})
+    assert [r["test_elbo"] for r in run.metrics] == [r["test_elbo"] for r in plain.metrics]
     expected = [(row["step"], pytest.approx(row["test_elbo"])) for row in run.metrics]
-    assert len(expected) == 2
-    events = accumulator(tmp_path / "tensorboard")
+    assert [row["step"] for row in run.metrics] == [4, 8, 12]
+    events = accumulator(out / "tensorboard")
     assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("epoch/test_elbo")] == expected
-    assert [i.step for i in events.Images("samples")] == [step for step, _ in expected]
-    run_id = json.loads((tmp_path / "mlflow.json").read_text())["run_id"]
-    assert _history(mlflow_client(tmp_path), run_id, "epoch/test_elbo") == expected
+    assert [e.step for e in events.Scalars("step/train_loss")] == [3, 6, 9, 12]
+    assert [i.step for i in events.Images("samples")] == [4, 8, 12]
+    assert [i.step for i in events.Images("reconstructions")] == [4, 8, 12]
+    run_id = json.loads((out / "mlflow.json").read_text())["run_id"]
+    assert _history(mlflow_client(out), run_id, "epoch/test_elbo") == expected
+    assert [r["step"] for r in read_steps(out)] == [3, 6, 9, 12]
+
+
+def test_train_refuses_an_unknown_tracker_before_writing(tmp_path, digits):
+    from pyrovae.training import train
+
+    with pytest.raises(PyrovaeError, match="unknown tracker"):
+        train(dataset="digits", data=digits.subset(50, 10), epochs=1, run_dir=tmp_path / "r",
+              tracking="wandb", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_folders_know_every_file_a_tracker_writes():
+    """A run folder holding tracker files is still a run (not someone else's folder), and an
+    overwrite leaves them in place: runs.py lists them, so the list must follow the trackers."""
+    from pyrovae import runs
+    from pyrovae.tracking import jsonl, mlflow, tensorboard
+
+    assert set(runs.TRACKER_FILES) == {jsonl.STEPS, mlflow.STORE, mlflow.STATE, tensorboard.FOLDER}

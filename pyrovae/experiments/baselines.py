@@ -23,7 +23,7 @@ from pyrovae.evaluation.quality import CLASSIFIER, cached_classifier, sample_qua
 from pyrovae.evaluation.samplers import SAMPLER_NAMES, sample_codes
 from pyrovae.experiments.runner import ensure_run
 from pyrovae.models.vae import VAE
-from pyrovae.runs import write_csv
+from pyrovae.runs import write_bytes, write_csv
 from pyrovae.viz import plots
 
 MODELS = ("ae", "dae", "vae")
@@ -112,4 +112,4 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
         lines.append(f"| {r['model']} | {r['sampler']} | {fmt(r['recon_mse'], '.4f')} | "
                      f"{fmt(r['test_recon'], '.2f')} | {r['mean_confidence']:.3f} | "
                      f"{r['class_entropy'] + 0.0:.3f} | {r['score']:.2f} | {r['nn_distance']:.3f} |")
-    (out / "baselines.md").write_text("\n".join(lines) + "\n")
+    write_bytes(out / "baselines.md", ("\n".join(lines) + "\n").encode())

@@ -33,7 +33,7 @@ from pyrovae.evaluation.metrics import Data, as_batch, elbo_terms, log_likelihoo
 from pyrovae.experiments.runner import ensure_run, pm, say, seed_dirs, summarise
 from pyrovae.infer.registry import make_elbo
 from pyrovae.models.contract import inspect_program, with_own_params
-from pyrovae.runs import CHECKPOINT, read_metrics, write_csv
+from pyrovae.runs import CHECKPOINT, read_metrics, write_bytes, write_csv
 from pyrovae.training.config import TrainConfig
 from pyrovae.training.loop import Run, train
 from pyrovae.viz import plots
@@ -384,7 +384,7 @@ def write_gradients(rows: list[dict[str, Any]], out: str | os.PathLike) -> None:
     """``gradients.csv`` and ``gradients.md`` in ``out``."""
     out = Path(out)
     write_csv(out / "gradients.csv", GRADIENT_COLUMNS, rows)
-    (out / "gradients.md").write_text(gradient_markdown(rows))
+    write_bytes(out / "gradients.md", gradient_markdown(rows).encode())
 
 
 def compare_markdown(rows: list[dict[str, Any]]) -> str:
@@ -412,7 +412,7 @@ def write_compare(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, f
     write_csv(out / "compare.csv", SUMMARY_COLUMNS, rows)
     if per_seed is not None:
         write_csv(out / "compare_runs.csv", [*COMPARE_COLUMNS[:2], "seed", *COMPARE_COLUMNS[2:]], per_seed)
-    (out / "compare.md").write_text(compare_markdown(rows))
+    write_bytes(out / "compare.md", compare_markdown(rows).encode())
     flat = [{"estimator": spec, **point} for spec, points in curves.items() for point in points]
     write_csv(out / "curves.csv", ["estimator", "epoch", "seconds", "log_px"], flat)
     write_csv(out / "snr_vs_k.csv", SNR_COLUMNS, snr_rows)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from pyrovae.data.datasets import Dataset
 from pyrovae.errors import PyrovaeError
 from pyrovae.experiments.runner import ensure_run, pm, seed_dirs, summarise
-from pyrovae.runs import write_csv
+from pyrovae.runs import write_bytes, write_csv
 from pyrovae.viz import plots
 
 DEFAULT_BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -102,7 +102,7 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
         cells = [pm(r[m], r.get(f"{m}_se"), ".2f") for m in (*METRICS, "seconds_per_epoch")]
         lines.append(f"| {r['run']} | {r['beta']:g} | {r['kl_schedule']} | {r['seeds']} | "
                      + " | ".join(cells) + " |")
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    write_bytes(out / "sweep.md", ("\n".join(lines) + "\n").encode())
 
 
 def plot_rate_distortion(rows: list[dict[str, Any]]) -> Figure:

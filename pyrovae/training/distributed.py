@@ -89,10 +89,12 @@ def device_name(ctx: Context, device: str) -> str:
     return f"cuda:{ctx.local_rank}"
 
 
-def teardown(ctx: Context) -> None:
-    """Wait for every rank, then end the process group if :func:`setup` made it."""
+def teardown(ctx: Context, failed: bool = False) -> None:
+    """Wait for every rank, then end the process group if :func:`setup` made it. A rank leaving
+    with an error skips the barrier: the others may be waiting in a collective it never joins."""
     if ctx.owns_group and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from pyrovae import checks, runs
 from pyrovae.data.datasets import Dataset, binarize, check_binarize_mode, load_dataset
 from pyrovae.errors import PyrovaeError
-from pyrovae.evaluation.generate import remember_inputs
+from pyrovae.evaluation.generate import reconstruct, remember_inputs, sample
 from pyrovae.evaluation.metrics import active_units, elbo_terms
 from pyrovae.infer.beta import KLWeight
 from pyrovae.infer.registry import enumerates, make_elbo
@@ -48,6 +48,7 @@ from pyrovae.models.contract import (
     state_of,
 )
 from pyrovae.models.registry import build_model, from_spec, model_name
+from pyrovae.tracking import Trackers, build_trackers
 from pyrovae.training import distributed, steps
 from pyrovae.training.config import BUILTIN_OPTIONS, TrainConfig, resolve
 
@@ -140,6 +141,8 @@ def train(
     progress: bool = True,
     figures: bool = True,
     callbacks: Sequence[Callable[[Run, dict[str, Any]], Any]] = (),
+    tracking: str | Sequence[str] | None = None,
+    track_every: int = 50,
     **overrides: Any,
 ) -> Run:
     """Train a model and return the :class:`Run`; keyword ``overrides`` set config fields.
@@ -149,7 +152,9 @@ def train(
     trained in place. ``inputs``: the data fields each batch holds (default ``model.inputs`` or
     ``("x",)``; ``("x", "y")`` passes labels too). ``data``: a :class:`Dataset` to train on instead of
     the config's ``dataset``. ``callbacks``: functions ``f(run, row)`` called after every epoch with
-    its metrics row; one that returns ``True`` stops training there.
+    its metrics row; one that returns ``True`` stops training there. ``tracking``: experiment
+    trackers (``"tensorboard,mlflow,jsonl"``, see :mod:`pyrovae.tracking`) writing into ``run_dir``,
+    per-step rows every ``track_every`` steps, each epoch's row and sample/reconstruction grids.
 
     With ``run_dir``, writes ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` (each epoch) and
     ``figures/``. ``resume=True`` continues the run in ``run_dir`` from its checkpoint up to
@@ -168,6 +173,8 @@ def train(
         overrides["model"] = model
     if resume and run_dir is None:
         raise PyrovaeError("resume=True needs the run folder: pass run_dir (--resume RUN_DIR)")
+    checks.whole(track_every, checks.label("track_every", "--track-every"))
+    trackers = build_trackers(tracking, run_dir, every=track_every)  # bad names fail before writing
     with _writing(run_dir, resume):  # one process at a time writes a run folder
         ckpt, replace = None, False
         if resume:
@@ -178,11 +185,14 @@ def train(
             config = _new_config(config, overrides, data, user_model)
         config = resolve(config)
         ctx = distributed.setup(config.device)
+        failed = True
         try:
-            return _train(config, ctx, ckpt, run_dir, data, user_model, inputs, progress, figures,
-                          tuple(callbacks), replace)
+            result = _train(config, ctx, ckpt, run_dir, data, user_model, inputs, progress, figures,
+                            tuple(callbacks), replace, trackers)
+            failed = False
+            return result
         finally:
-            distributed.teardown(ctx)
+            distributed.teardown(ctx, failed)
 
 
 def _main_process() -> bool:
@@ -281,7 +291,8 @@ def _resumed_config(ckpt: dict, config: TrainConfig | dict[str, Any] | None,
 def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
            run_dir: str | os.PathLike | None, data: Dataset | None, user_model: Any,
            inputs: Sequence[str] | None, progress: bool, figures: bool,
-           callbacks: tuple[Callable, ...], replace: bool = False) -> Run:
+           callbacks: tuple[Callable, ...], replace: bool = False,
+           trackers: Trackers | None = None) -> Run:
     source = run_dir  # where a resumed checkpoint came from (every rank reads it)
     device = resolve_device(distributed.device_name(ctx, config.device))
     data = prepare_data(config, data).to(device)
@@ -307,6 +318,8 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         print(f"pyrovae: --compile auto trains eagerly: {why}", file=sys.stderr)
     if not ctx.is_main:
         run_dir = None  # only rank 0 writes
+        trackers = None
+    trackers = trackers if trackers is not None else Trackers()
     run = Run(model, data, config, [], None, compile=mode, world_size=ctx.world_size, inputs=fields)
     # CUDA streams, graphs and the default generator belong to the current device: make it ours
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -337,9 +350,12 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         if run_dir is not None:  # the program and the estimator passed their checks: write
             run_dir = runs.make_run_dir(run_dir, config.dataset)
             run.run_dir, on_checkpoint = _open_run_folder(run, run_dir, ckpt, replace)
+        if trackers and run_dir is not None:
+            trackers.start(run_dir, config.to_dict(), step=ckpt["step"] if ckpt is not None else 0)
         try:
-            fit(run, optimizer, elbo, train_batch, test_batch, ckpt, progress and ctx.is_main, ctx,
-                callbacks, on_checkpoint)
+            with trackers:
+                fit(run, optimizer, elbo, train_batch, test_batch, ckpt, progress and ctx.is_main, ctx,
+                    callbacks, on_checkpoint, trackers)
         finally:
             if run.run_dir is not None and runs.is_staging(run.run_dir):  # no checkpoint: discard it
                 shutil.rmtree(run.run_dir, ignore_errors=True)
@@ -484,7 +500,8 @@ CHECK_EVERY = 100  # steps between host reads of the accumulated loss on a GPU
 def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
         train_batch: tuple[torch.Tensor, ...], test_batch: tuple[torch.Tensor, ...],
         ckpt: dict | None = None, progress: bool = True, ctx: distributed.Context | None = None,
-        callbacks: tuple[Callable, ...] = (), on_checkpoint: Callable[[], None] | None = None) -> None:
+        callbacks: tuple[Callable, ...] = (), on_checkpoint: Callable[[], None] | None = None,
+        trackers: Trackers | None = None) -> None:
     """Run the epochs of ``run``, from scratch or from checkpoint ``ckpt``; fills ``run.metrics``.
 
     Each step is ``elbo.differentiable_loss`` of model and guide under the KL weight of the
@@ -493,9 +510,12 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
     (:mod:`pyrovae.training.steps`). Losses are summed on the device and read every step on the CPU,
     every :data:`CHECK_EVERY` steps and at each epoch's end on a GPU. A NaN/inf loss or parameter
     raises :class:`TrainingDiverged` before the epoch's checkpoint. ``on_checkpoint`` is called
-    after each checkpoint is written.
+    after each checkpoint is written; ``trackers`` get per-step rows when due, each epoch's row
+    and image grids (after the checkpoint, so a resume never repeats what they saw).
     """
     from tqdm.auto import tqdm
+
+    trackers = trackers if trackers is not None else Trackers()
 
     ctx = ctx or distributed.Context()
     model, config, schedule = run.model, run.config, run.schedule
@@ -545,9 +565,13 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
                     index = ctx.shard(perm[i:i + bs])
                     batch = tuple(t[index] for t in epoch_batch)
                     beta.fill_(schedule(step))
-                    total += step_fn(batch)
+                    loss = step_fn(batch)
+                    total += loss
                     step += 1
                     bar.update()
+                    if trackers.due(step):  # a host read only on the steps that are logged
+                        trackers.log_step(step, {"train_loss": float(loss) / len(index),
+                                                 "beta": schedule(step - 1)}, epoch=epoch)
                     if len(store) != len(known):
                         _check_new_parameters(store, known, step)
                     if step % check_every == 0:
@@ -588,11 +612,27 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
                 runs.save_checkpoint(run.run_dir / runs.CHECKPOINT, payload)
                 if on_checkpoint is not None:
                     on_checkpoint()
+            if trackers:
+                trackers.log_epoch(epoch, step, row)
+                _track_images(run, test_batch, step, trackers)
             stop = any([callback(run, row) is True for callback in callbacks])
             if distributed.broadcast_flag(ctx, stop):
                 break  # a callback asked to stop: this epoch's checkpoint is written
     finally:
         bar.close()
+
+
+def _track_images(run: Run, test_batch: tuple[torch.Tensor, ...], step: int, trackers: Trackers) -> None:
+    """Sample and reconstruction grids for the trackers, for image models with one observed site;
+    drawn on a fork of the random state, so tracking does not change the run."""
+    x = test_batch[0]
+    if len(run.program.observed) != 1 or x.dim() != 4 or x.shape[1] not in (1, 3):
+        return
+    shown = tuple(t[:16] for t in test_batch)
+    with rng_untouched(test_batch):
+        trackers.log_images(step, "samples", sample(run.model, 64, seed=0, like=shown))
+        trackers.log_images(step, "reconstructions", torch.cat([shown[0], reconstruct(run.model, shown)]))
+    _train_mode(run.model, True)
 
 
 def _constant_one(schedule: Schedule) -> bool:

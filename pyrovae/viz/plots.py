@@ -42,10 +42,18 @@ def figure(**kwargs: Any) -> InlineFigure:
 
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG at ``path`` and return the path."""
+    """Write ``fig`` as a PNG at ``path`` (atomically: a full disk leaves no partial file) and
+    return the path."""
+    from pyrovae import runs  # here: runs imports nothing of viz, viz is imported by the loop
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise runs.write_error(path, exc) from None
+    runs.write_bytes(path, buffer.getbuffer())
     return path
 
 
