@@ -29,6 +29,7 @@ from pyrovae.infer.schedules import parse_schedule
 from pyrovae.models.registry import BUILTINS, build_model
 from pyrovae.models.vae import VAE, AutoEncoder, DenoisingAutoEncoder
 from pyrovae.nn.likelihoods import LIKELIHOODS, build_likelihood
+from pyrovae.training.callbacks import BestCheckpoint, EarlyStopping, TimeBudget, load_best
 from pyrovae.training.config import TrainConfig
 from pyrovae.training.loop import Run, TrainingDiverged, build_vae, load_run, train
 from pyrovae.viz import plots
@@ -36,7 +37,8 @@ from pyrovae.viz import plots
 __version__ = "0.2.0"
 
 __all__ = [
-    "BUILTINS", "LIKELIHOODS", "VAE", "AutoEncoder", "Dataset", "DenoisingAutoEncoder", "KLWeight",
+    "BUILTINS", "LIKELIHOODS", "VAE", "AutoEncoder", "BestCheckpoint", "Dataset", "DenoisingAutoEncoder",
+    "EarlyStopping", "KLWeight", "TimeBudget", "load_best",
     "PyrovaeError", "Run", "TrainConfig", "TrainingDiverged", "active_units", "binarize",
     "build_likelihood", "build_model", "build_vae", "compare", "describe_estimators", "elbo_terms",
     "encode", "gradient_report",

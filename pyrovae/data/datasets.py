@@ -85,6 +85,22 @@ class Dataset:
         return Dataset(self.name, pick(self.train_x, i), pick(self.test_x, j),
                        pick(self.train_y, i), pick(self.test_y, j))
 
+    def validation(self, size: int | float, seed: int = 0) -> Dataset:
+        """The training split cut in two: ``train`` without a seeded random validation set, which
+        takes the place of ``test`` (so training's held-out metrics, model selection and early
+        stopping never see the test set). ``size``: a count of examples, or a fraction in (0, 1)."""
+        n = len(self.train_x)
+        if isinstance(size, float) and 0 < size < 1:
+            size = max(MIN_HELD_OUT, round(size * n))
+        _check_count(size, "size", MIN_HELD_OUT)
+        if size >= n:
+            raise PyrovaeError(f"a validation set of {size} leaves no training examples out of {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(checks.seed(seed)))
+        val, keep = order[:size], order[size:]
+        pick = lambda t, k: None if t is None else t[k.to(t.device)]  # noqa: E731
+        return Dataset(self.name, pick(self.train_x, keep), pick(self.train_x, val),
+                       pick(self.train_y, keep), pick(self.train_y, val))
+
 
 def _check_count(value: object, name: str, minimum: int) -> None:
     """A whole number of examples ``>= minimum``; under the CLI it comes from ``--limit``."""

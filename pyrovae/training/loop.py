@@ -47,7 +47,7 @@ from pyrovae.models.contract import (
     rng_untouched,
     state_of,
 )
-from pyrovae.models.registry import build_model, from_spec, model_name
+from pyrovae.models.registry import build_model, from_spec, model_name, spec_name
 from pyrovae.tracking import Trackers, build_trackers
 from pyrovae.training import distributed, steps
 from pyrovae.training.config import BUILTIN_OPTIONS, TrainConfig, resolve
@@ -959,18 +959,23 @@ def _placeholder_batch(ckpt: dict, device: str) -> tuple[torch.Tensor, ...]:
 
 
 def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
-             data: bool | Dataset = True) -> Run:
+             data: bool | Dataset = True, checkpoint: str = runs.CHECKPOINT) -> Run:
     """Rebuild the trained :class:`Run` in ``run_dir``.
 
     Built-in models are rebuilt from the checkpoint; a user's model must be passed as ``model`` (a
     freshly built instance of the same class), and gets the trained parameters, ``pyro.param`` ones
     included (into Pyro's param store, as ``pyro.param`` values always live). ``data``: ``True``
     reloads the run's data set by name, a :class:`Dataset` is used as given (in-memory data),
-    ``False`` loads none.
+    ``False`` loads none. ``checkpoint``: the file in ``run_dir`` to load (``"best.pt"``: the
+    best epoch kept by :class:`~pyrovae.training.callbacks.BestCheckpoint`); the run's metric rows
+    are those up to its epoch.
     """
     run_dir = Path(run_dir)
     resolve_device(device)
-    ckpt = _load_training_checkpoint(run_dir, device)
+    if Path(checkpoint).name != checkpoint:
+        raise PyrovaeError(f"checkpoint must be a file name inside the run folder, got {checkpoint!r}")
+    path = run_dir / checkpoint
+    ckpt = _load_training_checkpoint(path, device)
     config = TrainConfig.from_dict(ckpt["config"])
     config.device = device
     user = config.model.startswith("user:")
@@ -983,7 +988,7 @@ def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
         model = _rebuild(ckpt, run_dir)
     elif isinstance(model, str):
         raise PyrovaeError(f"load_run rebuilds built-in models itself: pass model=None, not {model!r}")
-    elif not user and model_name(model) != config.model:
+    elif not user and model_name(model) != spec_name(_checkpoint_spec(ckpt)):
         raise PyrovaeError(f"{run_dir} trained the built-in {config.model!r}; leave model out to rebuild it")
     if isinstance(model, nn.Module):
         model.to(resolve_device(device))
@@ -995,13 +1000,13 @@ def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
     forget_params(model)
     with pyro.get_param_store().scope():  # the object's own initial values, not stale global ones
         program = inspect_program(model, tuple(t[:3] for t in batch))
-        _check_state_fits(model, _checkpoint_state(ckpt), _checkpoint_path(run_dir))
+        _check_state_fits(model, _checkpoint_state(ckpt), path)
         load_state(model, program, _checkpoint_state(ckpt))
         loaded = _param_values(program)
     remember_params(model, loaded)
     _restore_params(loaded)
     remember_inputs(model, batch)
     _train_mode(model, False)
-    schedule = _checkpoint_schedule(ckpt, run_dir)
-    return Run(model, dataset, config, runs.read_metrics(run_dir), run_dir, schedule,
-               program=program, inputs=fields)
+    schedule = _checkpoint_schedule(ckpt, path)
+    rows = [r for r in runs.read_metrics(run_dir) if r.get("epoch", 0) <= ckpt["epoch"]]
+    return Run(model, dataset, config, rows, run_dir, schedule, program=program, inputs=fields)
