@@ -41,18 +41,25 @@ def label(name: str, flag: str | None = None) -> str:
     return name
 
 
-def whole(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as a whole number ``>= minimum`` (``True``/``False`` are not numbers here)."""
+def whole(value: Any, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as a whole number ``>= minimum`` (and ``<= maximum`` when given; ``True``/``False``
+    are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise PyrovaeError(f"{label(name)} must be a whole number >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise PyrovaeError(f"{label(name)} must be at most {maximum:,}, got {value:,}: is it a typo?")
     return int(value)
 
 
-def finite(value: Any, name: str, minimum: float | None = None) -> float:
-    """``value`` as a finite number (``>= minimum`` when given)."""
+def finite(value: Any, name: str, minimum: float | None = None,
+           maximum: float | None = None) -> float:
+    """``value`` as a finite number (``>= minimum`` and ``<= maximum`` when given)."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum:g}"
+    low = minimum is not None and ok and value < minimum
+    high = maximum is not None and ok and value > maximum
+    if not ok or low or high:
+        bounds = [f"{op} {b:g}" for op, b in ((">=", minimum), ("<=", maximum)) if b is not None]
+        bound = f" {' and '.join(bounds)}" if bounds else ""
         raise PyrovaeError(f"{label(name)} must be a finite number{bound}, got {value!r}")
     return float(value)
 

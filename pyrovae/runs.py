@@ -15,7 +15,10 @@ import errno
 import io
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +41,7 @@ LOCK = ".lock"
 STAGING = ".staging-"  # a replacing run's files until its first checkpoint
 REPLACED = ".replaced-"  # the replaced run's files while the new ones move in
 MARKER = {"pyrovae": "run-1"}  # in config.json: this folder is a pyrovae run
+PROVENANCE = "provenance"  # in config.json: versions, git commit, command line
 # what pyrovae's trackers (pyrovae.tracking) keep in a run folder; they manage these themselves
 TRACKER_FILES = ("steps.jsonl", "mlruns", "mlflow.json", "tensorboard")
 _LEGACY_KEYS = {"dataset", "model", "estimator", "kl_schedule", "eval_held_out"}  # before MARKER
@@ -126,16 +130,54 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise PyrovaeError(f"{path} is not valid JSON ({exc}): restore or delete it") from None
 
 
+def _git_commit() -> dict[str, Any] | None:
+    """The commit of the pyrovae source tree (an editable or source install), and whether it has
+    uncommitted changes; ``None`` outside a git checkout or without git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a run: pyrovae, torch, Pyro and Python versions, the git commit of pyrovae's
+    source when there is one, and the command line."""
+    import platform
+
+    import pyro
+
+    from pyrovae import __version__
+
+    return {"pyrovae": __version__, "torch": torch.__version__, "pyro": pyro.__version__,
+            "python": platform.python_version(), "git": _git_commit(),
+            "command": shlex.join(sys.argv)}
+
+
 def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
     """Write the run's ``config.json`` (everything needed to rebuild the model), marked as a
-    pyrovae run."""
-    write_json(Path(run_dir) / CONFIG, {**config, **MARKER})
+    pyrovae run, with its :func:`provenance` under ``"provenance"``."""
+    write_json(Path(run_dir) / CONFIG, {**config, PROVENANCE: provenance(), **MARKER})
 
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read the run's ``config.json`` (without the pyrovae marker)."""
+    """Read the run's ``config.json`` (the training config: no marker, no provenance)."""
     config = read_json(Path(run_dir) / CONFIG)
-    return {k: v for k, v in config.items() if k not in MARKER} if isinstance(config, dict) else config
+    if not isinstance(config, dict):
+        return config
+    return {k: v for k, v in config.items() if k not in MARKER and k != PROVENANCE}
+
+
+def read_provenance(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The :func:`provenance` recorded in the run's ``config.json`` (``None`` for older runs)."""
+    config = read_json(Path(run_dir) / CONFIG)
+    return config.get(PROVENANCE) if isinstance(config, dict) else None
 
 
 def append_metrics(run_dir: str | os.PathLike, row: dict[str, Any]) -> None:

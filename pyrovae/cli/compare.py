@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pyrovae.cli.options import add_config_args, config_from, sizes, user_model
+from pyrovae import checks
+from pyrovae.cli.options import add_config_args, config_from, run_model, sizes, writable
+from pyrovae.errors import PyrovaeError
 from pyrovae.experiments.compare import (
     DEFAULT_ESTIMATORS,
     DEFAULT_SNR_KS,
@@ -17,6 +19,11 @@ from pyrovae.experiments.compare import (
     parse_estimators,
     write_gradients,
 )
+from pyrovae.memory import MAX_PARTICLES
+from pyrovae.training.config import MAX_EPOCHS
+
+MAX_SECONDS = 30 * 24 * 3600.0  # a training budget of more than 30 days per estimator is a typo
+MAX_DRAWS = 1_000_000  # gradient draws per estimator: more is a typo (hours per estimator)
 
 # training options `compare` sets itself (the estimators, the budget) or does not offer
 _NOT_COMPARE_OPTIONS = {"model", "noise", "estimator", "particles", "beta", "kl_schedule", "epochs"}
@@ -29,7 +36,7 @@ def add_parsers(subparsers: Any) -> None:
         description="Draw each estimator's gradient many times at the trained parameters of RUN "
         "and report the guide's (encoder) and the model's (decoder) gradient mean, variance and "
         "SNR |E g| / std g.")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
                    help=f"comma-separated specs (default {','.join(DEFAULT_ESTIMATORS)})")
     p.add_argument("--draws", type=int, default=100, help="gradient draws per estimator (100)")
@@ -69,10 +76,14 @@ def _gradients(args: argparse.Namespace) -> int:
     from pyrovae.training.loop import load_run
 
     specs = parse_estimators(args.estimators)
-    run = load_run(args.run, model=user_model(args.model), device=args.device)
+    checks.whole(args.draws, "draws", minimum=2, maximum=MAX_DRAWS)
+    checks.whole(args.batch, "batch_size")
+    checks.seed(args.seed)
+    out = Path(args.out) if args.out else Path(args.run)
+    writable(out, folder=True)
+    run = load_run(args.run, model=run_model(args.model), device=args.device)
     rows = gradient_report(run.model, gradient_batch(run, args.batch, args.seed), specs,
                            args.draws, args.seed)
-    out = Path(args.out) if args.out else Path(args.run)
     write_gradients(rows, out)
     print(gradient_markdown(rows), end="")
     print(f"{args.draws} draws on {args.batch} training images; written to "
@@ -82,6 +93,17 @@ def _gradients(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     config = config_from(args, exclude=_NOT_COMPARE_OPTIONS)
+    checks.whole(args.draws, "draws", minimum=2, maximum=MAX_DRAWS)
+    checks.whole(args.grad_batch, "grad_batch")
+    if args.epochs is not None:
+        checks.whole(args.epochs, "epochs", maximum=MAX_EPOCHS)
+    if args.seconds is not None:
+        checks.finite(args.seconds, "seconds", minimum=0, maximum=MAX_SECONDS)
+    for name in ("iwae_k", "curve_k"):
+        checks.whole(getattr(args, name), name, maximum=MAX_PARTICLES)
+    if max(args.snr_k) > MAX_PARTICLES:
+        raise PyrovaeError(f"--snr-k values must be at most {MAX_PARTICLES:,}, got {max(args.snr_k):,}")
+    writable(args.out, folder=True)
     compare(args.out, args.estimators, epochs=args.epochs, seconds=args.seconds,
             iwae_k=args.iwae_k, eval_n=args.eval_n, curve_k=args.curve_k, draws=args.draws,
             grad_batch=args.grad_batch, snr_ks=args.snr_k, **config)

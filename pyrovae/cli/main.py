@@ -14,8 +14,21 @@ from pathlib import Path
 from pyrovae import checks
 from pyrovae.cli import compare as compare_cmd
 from pyrovae.cli import toy as toy_cli
-from pyrovae.cli.options import add_config_args, config_from, user_model
+from pyrovae.cli.options import (
+    add_config_args,
+    config_from,
+    run_folder,
+    run_model,
+    user_model,
+    writable,
+)
 from pyrovae.errors import PyrovaeError
+from pyrovae.infer.beta import check_beta
+from pyrovae.memory import MAX_PARTICLES
+
+MAX_GRID = 10_000  # images in one sample grid or view row: more is unreadable
+MAX_SAMPLES = 1_000_000  # images per sampler for the quality scores
+MAX_SPAN = 1e3  # traversal range in prior standard deviations
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,8 +60,9 @@ def _train(args) -> int:
         given["model"] = obj
     if args.resume:
         given.pop("dataset", None)
-        run = train(run_dir=args.resume, resume=True, progress=not args.no_progress, **given)
+        run = train(run_dir=run_folder(args.resume), resume=True, progress=not args.no_progress, **given)
     else:
+        writable(args.out or ".", folder=True)
         run = train(run_dir=args.out or _default_out(args.dataset), progress=not args.no_progress,
                     overwrite=args.overwrite, **given)
     if run.world_size > 1 and not run.metrics:
@@ -74,7 +88,7 @@ def _default_out(dataset: str) -> str:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="held-out ELBO and importance-sampled log p(x) of a run")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--iwae-k", type=int, default=1000, help="importance samples K (default 1000)")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
@@ -93,18 +107,19 @@ def _evaluate(args) -> int:
     from pyrovae.runs import write_json
     from pyrovae.training.loop import EVAL_SEED, load_run
 
-    run = load_run(args.run, model=user_model(args.model), device=args.device)
+    checks.whole(args.iwae_k, "iwae_k", maximum=MAX_PARTICLES)
+    checks.whole(args.batch_size, "batch_size")
+    checks.seed(args.seed)
+    if args.limit is not None:
+        checks.whole(args.limit, "limit")
+    run = load_run(args.run, model=run_model(args.model), device=args.device)
     batch = run.data.inputs(args.split, run.inputs)  # every input the model takes, labels too
     if args.split == "train" and run.config.binarize == "dynamic":
         x = batch[0]  # grey levels: one fixed draw, like held-out data
         batch = (binarize(x.cpu(), torch.Generator().manual_seed(EVAL_SEED)).to(x.device), *batch[1:])
     if args.limit is not None:
-        if args.limit < 1:
-            raise PyrovaeError(f"--limit must be >= 1, got {args.limit}")
         batch = tuple(t[: args.limit] for t in batch)
     x = batch if len(batch) > 1 else batch[0]
-    if args.batch_size < 1:
-        raise PyrovaeError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate(run.vae, x, iwae_k=args.iwae_k, batch_size=args.batch_size, seed=args.seed)
     result["split"] = args.split
     name = "eval.json" if args.split == "test" and args.limit is None else \
@@ -122,14 +137,15 @@ def _evaluate(args) -> int:
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="an image grid of samples from a trained run")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--sampler", default="prior",
                    help="prior (the model run without observations, default), aggregate (the "
                    "aggregate posterior of the training set) or gmm (a Gaussian mixture fitted on "
                    "the training codes); aggregate and gmm need a built-in model's decoder")
-    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--n", type=int, default=64, help=f"number of samples (at most {MAX_GRID:,})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="PNG path (default RUN/figures/samples-<seed>.png)")
+    p.add_argument("--out", help="PNG path, or an existing folder to write samples-<seed>.png in "
+                   "(default RUN/figures/samples-<seed>.png)")
     p.add_argument("--model", help="module:Class of a run that trained your own model")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_sample)
@@ -145,16 +161,12 @@ def _sample(args) -> int:
 
     if args.sampler not in SAMPLER_NAMES:
         raise PyrovaeError(f"unknown --sampler {args.sampler!r}: choose one of {', '.join(SAMPLER_NAMES)}")
-    if args.n < 1:
-        raise PyrovaeError(f"--n must be >= 1, got {args.n}")
-    default = f"samples-{args.seed}.png" if args.sampler == "prior" else \
-        f"samples-{args.sampler}-{args.seed}.png"
-    out = Path(args.out) if args.out else Path(args.run) / "figures" / default
-    if out.suffix.lower() != ".png":
-        raise PyrovaeError(f"--out must end in .png, got {out}")
+    checks.whole(args.n, "n", maximum=MAX_GRID)
+    checks.seed(args.seed)
+    out = _sample_path(args)
     needs_data = args.sampler in NEEDS_TRAINING_CODES
     try:
-        run = load_run(args.run, model=user_model(args.model), device=args.device, data=needs_data)
+        run = load_run(args.run, model=run_model(args.model), device=args.device, data=needs_data)
     except PyrovaeError as exc:
         if not needs_data or "checkpoint" in str(exc):
             raise
@@ -176,9 +188,22 @@ def _sample(args) -> int:
     return 0
 
 
+def _sample_path(args: argparse.Namespace) -> Path:
+    """``--out`` (a folder gets the default file name), else ``RUN/figures/``; checked writable."""
+    default = f"samples-{args.seed}.png" if args.sampler == "prior" else \
+        f"samples-{args.sampler}-{args.seed}.png"
+    out = Path(args.out) if args.out else Path(args.run) / "figures" / default
+    if out.is_dir():
+        out = out / default
+    writable(out)
+    if out.suffix.lower() != ".png":
+        raise PyrovaeError(f"--out must be a PNG path ending in .png, or a folder, got {out}")
+    return out
+
+
 def _add_views(sub) -> None:
     p = sub.add_parser("views", help="latent-space views of a run: interpolations, traversals")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--pairs", type=int, default=4, help="held-out pairs to interpolate between")
     p.add_argument("--steps", type=int, default=10, help="images per interpolation/traversal row")
     p.add_argument("--mode", choices=["linear", "spherical"], default="linear")
@@ -198,7 +223,9 @@ def _views(args) -> int:
 
     if args.pairs < 1 or args.steps < 2:
         raise PyrovaeError("--pairs must be >= 1 and --steps >= 2")
-    run = load_run(args.run, model=user_model(args.model), device=args.device)
+    checks.whole(args.steps, "steps", minimum=2, maximum=MAX_GRID)
+    checks.finite(args.span, "span", minimum=0, maximum=MAX_SPAN)
+    run = load_run(args.run, model=run_model(args.model), device=args.device)
     if not hasattr(run.model, "decode"):
         raise PyrovaeError(f"views decode latent codes, and {type(run.model).__name__} has no decode()")
     x = run.data.test_x
@@ -232,6 +259,8 @@ def _baselines(args) -> int:
     from pyrovae.experiments.baselines import compare_models
 
     config = config_from(args)
+    checks.whole(args.n_samples, "n_samples", maximum=MAX_SAMPLES)
+    writable(args.out, folder=True)
     models = [m for m in args.models.split(",") if m]
     compare_models(args.out, models, [s for s in args.samplers.split(",") if s], args.n_samples,
                    **config)
@@ -263,10 +292,15 @@ def _add_sweep(sub) -> None:
 
 def _sweep(args) -> int:
     from pyrovae.experiments.sweep import DEFAULT_SCHEDULES, sweep
+    from pyrovae.infer.schedules import MAX_STEPS, parse_schedule
 
-    if any(b < 0 for b in args.betas):
-        raise PyrovaeError(f"--betas must be >= 0, got {args.betas}")
+    for beta in args.betas:
+        check_beta(beta, "betas")
+    check_beta(args.schedule_beta, "schedule_beta")
+    writable(args.out, folder=True)
     schedules = args.schedules if args.schedules is not None else list(DEFAULT_SCHEDULES)
+    for spec in schedules:  # the spec's own checks, before the beta runs train
+        parse_schedule(spec, args.schedule_beta, total_steps=MAX_STEPS)
     sweep(args.out, args.betas, schedules, args.schedule_beta, progress=False,
           **config_from(args))
     print((Path(args.out) / "sweep.md").read_text(), end="")
@@ -293,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with checks.command_line():  # messages name the flags the user typed
+            if isinstance(getattr(args, "run", None), str):  # the commands that read a run folder
+                args.run = run_folder(args.run)
             return args.func(args) or 0
     except PyrovaeError as exc:
         print(f"pyrovae: error: {exc}", file=sys.stderr)

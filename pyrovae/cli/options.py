@@ -7,6 +7,7 @@ One table from config field to flag, so every command spells an option the same 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -14,7 +15,7 @@ from typing import Any
 def sizes(text: str) -> list[int]:
     """``"400"`` or ``"512,256"`` -> ``[512, 256]`` (argparse type)."""
     try:
-        values = [int(s) for s in text.split(",") if s.strip()]
+        values = [int(s) for s in text.split(",")]  # an empty item ("8,,8") is an error too
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {text!r}") from None
     if not values or min(values) < 1:
@@ -71,16 +72,16 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def user_model(spec: str | None) -> Any:
     """``"module:Class"`` -> a new ``Class()`` from ``module`` (the current folder is searched first);
-    a built-in name or ``None`` -> ``None``."""
+    a built-in spec (``"vae"``, ``"vamp:components=50"``) or ``None`` -> ``None``."""
     import importlib
-    import os
     import sys
 
     from pyrovae.errors import PyrovaeError
+    from pyrovae.models.registry import BUILTINS
 
-    if spec is None or ":" not in spec:
+    module_name, _, attr = (spec or "").partition(":")
+    if spec is None or not attr or module_name.strip() in BUILTINS:
         return None
-    module_name, _, attr = spec.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -103,6 +104,62 @@ def add_config_args(parser: argparse.ArgumentParser, exclude: Collection[str] = 
 
 
 def config_from(args: argparse.Namespace, exclude: Collection[str] = ()) -> dict[str, Any]:
-    """The training options given on the command line (absent ones take the defaults)."""
-    return {f: getattr(args, f) for f in OPTIONS
-            if f not in exclude and getattr(args, f, None) is not None}
+    """The training options given on the command line (absent ones take the defaults; an empty
+    text such as ``--dataset ''`` is an error, not the default)."""
+    from pyrovae.errors import PyrovaeError
+
+    given = {f: getattr(args, f) for f in OPTIONS
+             if f not in exclude and getattr(args, f, None) is not None}
+    for field, value in given.items():
+        if isinstance(value, str) and not value.strip():
+            raise PyrovaeError(f"{OPTIONS[field][0]} is empty: give a value, or leave the option "
+                               "out for its default")
+    return given
+
+
+def run_folder(path: str) -> str:
+    """The run folder a command reads: ``RUN``, or ``RUN`` for ``RUN/checkpoint.pt`` (a path to the
+    checkpoint file is taken as its folder); any other file is an error naming it."""
+    from pathlib import Path
+
+    from pyrovae.errors import PyrovaeError
+    from pyrovae.runs import CHECKPOINT
+
+    p = Path(path)
+    if p.is_file():
+        if p.name == CHECKPOINT:
+            return str(p.parent)
+        raise PyrovaeError(f"{path} is a file, not a run folder: give the folder that holds "
+                           f"{CHECKPOINT} (the --out of pyrovae train)")
+    return path
+
+
+def writable(path: str | os.PathLike, flag: str = "--out", folder: bool = False) -> None:
+    """Refuse a path the command cannot write because one of its parent folders is a file (or,
+    with ``folder=True``, because it is a file itself)."""
+    from pathlib import Path
+
+    from pyrovae.errors import PyrovaeError
+
+    if folder and Path(path).exists() and not Path(path).is_dir():
+        raise PyrovaeError(f"{flag} {path} is a file: give a folder")
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise PyrovaeError(f"{flag} {path}: {parent} is a file, not a folder: choose a path "
+                                   "in a folder")
+            return
+
+
+def run_model(spec: str | None) -> Any:
+    """``--model`` of the commands that read a run: ``module:Class`` of the user's model the run
+    trained, else an error (a built-in run rebuilds its model from the checkpoint)."""
+    from pyrovae.errors import PyrovaeError
+
+    if spec is None:
+        return None
+    model = user_model(spec)
+    if model is None:
+        raise PyrovaeError(f"--model {spec!r}: give module:Class, the class of the user model the run "
+                           "trained (a built-in model is rebuilt from the checkpoint: leave --model out)")
+    return model

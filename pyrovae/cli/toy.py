@@ -10,12 +10,18 @@ import argparse
 import sys
 from typing import Any
 
-from pyrovae import runs
+from pyrovae import checks, runs
 from pyrovae.errors import PyrovaeError
 from pyrovae.experiments.toy import exact, plots
 from pyrovae.experiments.toy.data import check_p, check_positive_int, check_sigma, sample_data
 from pyrovae.experiments.toy.fit import fit_toy
 from pyrovae.experiments.toy.model import ESTIMATORS
+
+P_RANGE = (1e-6, 1 - 1e-6)
+MAX_LR = 10.0  # an Adam step size beyond this is a typo
+SIGMA_RANGE = (1e-3, 1e3)  # noise scales whose densities and gradients stay finite
+MAX_POINTS = 10_000_000  # data points: the exact EM fit holds them all in memory, several times
+MAX_STEPS = 10_000_000  # SVI steps per estimator: more is a typo (days of training)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -62,16 +68,25 @@ def run(args: argparse.Namespace) -> int:
     """Run ``pyrovae toy``; returns the exit status. User errors raise ``PyrovaeError``."""
     # validate everything before the run folder is created, so a typo leaves nothing behind
     check_p(args.p)
+    check_p(args.p_init, "p_init", "--p-init")
     check_sigma(args.sigma)
+    check_sigma(args.sigma_init, "sigma_init", "--sigma-init")
+    for name in ("p", "p_init"):  # a p within 1e-6 of 0 or 1 leaves EM's standard errors undefined
+        checks.finite(getattr(args, name), name, minimum=P_RANGE[0], maximum=P_RANGE[1])
+    for name in ("sigma", "sigma_init"):  # sigma_init too: a bad value is a typo even when unused
+        checks.finite(getattr(args, name), name, minimum=SIGMA_RANGE[0], maximum=SIGMA_RANGE[1])
     check_positive_int(args.n, "n", "--n")
     check_positive_int(args.steps, "steps", "--steps")
+    checks.whole(args.n, "n", maximum=MAX_POINTS)
+    checks.whole(args.steps, "steps", maximum=MAX_STEPS)
+    checks.seed(args.seed)
     check_positive_int(args.log_every, "log_every", "--log-every")
-    check_p(args.p_init, "p_init", "--p-init")
     sigma_start = args.sigma
     if args.learn_sigma:
         sigma_start = check_sigma(args.sigma_init, "sigma_init", "--sigma-init")
-    if not args.lr > 0:
-        raise PyrovaeError(f"lr must be > 0, got {args.lr}: pass a positive --lr such as 0.05")
+    if not (0 < args.lr <= MAX_LR):
+        raise PyrovaeError(f"{checks.label('lr')} must be a number in (0, {MAX_LR:g}], got {args.lr}: "
+                           "pass a step size such as 0.05")
     estimators = list(dict.fromkeys(args.estimator))  # keep order, drop repeats
 
     x, z = sample_data(args.p, args.sigma, args.n, seed=args.seed)
@@ -164,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        with checks.command_line():
+            return run(args)
     except PyrovaeError as exc:
         print(f"pyrovae: error: {exc}", file=sys.stderr)
         return 2

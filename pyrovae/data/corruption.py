@@ -35,7 +35,9 @@ class Corruption:
 
 def parse_noise(spec: str) -> Corruption:
     """``"gaussian:0.3"`` or ``"mask:0.5"`` -> :class:`Corruption`, with clear errors."""
-    kind, _, level = spec.partition(":")
+    kind, sep, level = spec.partition(":")
+    if sep and not level.strip():
+        raise PyrovaeError(f"--noise {spec!r}: give a level after the colon, e.g. {kind}:0.3")
     if kind not in KINDS:
         raise PyrovaeError(f"unknown --noise {spec!r}: write gaussian:STD or mask:PROB, e.g. "
                            "gaussian:0.3")

@@ -7,6 +7,7 @@ own prior, whatever it is (a VampPrior's mixture, a hierarchy, an enumerated clu
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -14,7 +15,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from pyrovae import checks
+from pyrovae import checks, memory
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.metrics import Data, as_batch, encode_sites, evaluating, program_of
 from pyrovae.infer.traces import latent_sites
@@ -85,6 +86,8 @@ def sample(model: Any, n: int = 64, seed: int | None = None, *, inputs: Data | N
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise PyrovaeError(f"the number of samples ({checks.label('n')}) must be a whole number >= 1, "
                            f"got {n!r}")
+    if inputs is None:  # placeholders are about to be made: check they and the samples fit first
+        _check_sample_memory(model, n, like)
     batch = as_batch(inputs) if inputs is not None else template(model, n, like)
     if len(batch[0]) != n:
         raise PyrovaeError(f"inputs hold {len(batch[0])} examples for n={n} samples: give n examples")
@@ -105,6 +108,19 @@ def sample(model: Any, n: int = 64, seed: int | None = None, *, inputs: Data | N
                 pass
         event = len(node["fn"].event_shape)
         return value.movedim(program.batch_dim - event, 0) if value.dim() > event else value
+
+
+def _check_sample_memory(model: Any, n: int, like: Data | None) -> None:
+    """:func:`pyrovae.memory.check_sample` for ``n`` samples shaped like the model's inputs."""
+    like = like if like is not None else _INPUTS.get(model)
+    shapes = [t.shape[1:] for t in as_batch(like)] if like is not None else \
+        [getattr(model, "shape", None) or ()]
+    pixels = max(1, sum(math.prod(int(d) for d in s) for s in shapes))
+    spec = getattr(model, "spec", None)
+    spec = spec if isinstance(spec, dict) else {}
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    device = "cpu" if param is None else param.device
+    memory.check_sample(n, pixels, spec.get("hidden") or (), int(spec.get("z_dim") or 0), device)
 
 
 @with_own_params

@@ -76,14 +76,12 @@ def ensure_run(run_dir: str | os.PathLike, epochs: int | None, *, data: Dataset 
     if epochs is not None:
         checks.whole(epochs, "epochs")
     user = model if model is not None and not isinstance(model, str) else None
-    if isinstance(model, str):
-        config = {**config, "model": model}
     if not (run_dir / runs.CHECKPOINT).is_file():
         say(progress, f"{label}: training in {run_dir}")
-        run = train(run_dir=run_dir, data=data, model=user, epochs=epochs, progress=False,
+        run = train(run_dir=run_dir, data=data, model=model, epochs=epochs, progress=False,
                     figures=False, callbacks=callbacks, **config)
         return run, "trained"
-    diff = _differences(run_dir, config)
+    diff = _differences(run_dir, {**config, "model": model} if isinstance(model, str) else config)
     if diff:
         raise PyrovaeError(f"{run_dir} holds a run with other settings ({'; '.join(diff)}): delete it "
                            "or choose another output folder")

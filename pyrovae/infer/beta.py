@@ -9,16 +9,25 @@ same wrapping Pyro's ``examples/dmm.py`` uses for KL annealing, there through ``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
 from pyro.poutine.messenger import Messenger
 
+from pyrovae import checks
 from pyrovae.errors import PyrovaeError
 
-__all__ = ["KLWeight", "kl_weight"]
+__all__ = ["MAX_BETA", "KLWeight", "check_beta", "kl_weight"]
+
+# Far past any useful weight (beta = 1e6 already pins q to the prior), and small enough that
+# beta * KL stays finite in float32 for any KL below 1e32 nats.
+MAX_BETA = 1e6
+
+
+def check_beta(beta: Any, name: str = "beta") -> float:
+    """``beta`` as a float in ``[0, MAX_BETA]``, else a :class:`PyrovaeError` naming ``name``."""
+    return checks.finite(beta, name, minimum=0, maximum=MAX_BETA)
 
 
 class KLWeight(Messenger):
@@ -36,9 +45,7 @@ class KLWeight(Messenger):
     def __init__(self, beta: float | torch.Tensor, sites: Collection[str] | None = None):
         super().__init__()
         if not isinstance(beta, torch.Tensor):
-            if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
-                    or not (math.isfinite(beta) and beta >= 0):
-                raise PyrovaeError(f"beta must be a finite number >= 0, got {beta!r}")
+            check_beta(beta)
         elif beta.dim() != 0:
             raise PyrovaeError(f"beta must be a number or a 0-dim tensor, got shape {tuple(beta.shape)}")
         if sites is not None and isinstance(sites, str):

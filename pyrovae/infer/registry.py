@@ -28,6 +28,7 @@ from pyrovae.infer.estimators import (
     TraceEnum_ELBO,
     TraceGraph_ELBO,
 )
+from pyrovae.memory import MAX_PARTICLES
 
 __all__ = ["capture_problem", "describe_estimators", "enumerates", "estimator_names", "make_elbo",
            "spec_name"]
@@ -66,7 +67,11 @@ class _Entry:
 
 
 def _check_k(k: float) -> str | None:
-    return None if k >= 1 else f"K (the number of particles) must be >= 1, got {k}"
+    if k < 1:
+        return f"K (the number of particles) must be >= 1, got {k}"
+    if k > MAX_PARTICLES:
+        return f"K (the number of particles per step) must be at most {MAX_PARTICLES:,}, got {k:,}"
+    return None
 
 
 def _check_alpha(alpha: float) -> str | None:
@@ -211,7 +216,9 @@ def make_elbo(
         raise PyrovaeError(f"estimator spec must be a string such as 'iwae:10', got {spec!r}")
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise PyrovaeError(f"num_particles must be an integer >= 1, got {num_particles!r}")
-    name, _, rest = spec.strip().partition(":")
+    if num_particles > MAX_PARTICLES:
+        raise PyrovaeError(f"num_particles must be at most {MAX_PARTICLES:,}, got {num_particles:,}")
+    name, sep, rest = spec.strip().partition(":")
     name = name.strip()
     if name in _RENAMED:
         raise PyrovaeError(f"unknown estimator {name!r}: {_RENAMED[name]}")
@@ -223,7 +230,10 @@ def make_elbo(
             f"{', '.join(describe_estimators())}"
         )
     entry = _REGISTRY[name]
-    texts = [t.strip() for t in rest.split(",")] if rest.strip() else []
+    if sep and not rest.strip():
+        raise PyrovaeError(f"estimator spec {spec!r} has an empty argument list after ':': write "
+                           f"{name!r} alone or {entry.usage(name)!r}")
+    texts = [t.strip() for t in rest.split(",")] if sep else []
     args = _parse_args(name, entry, spec, texts)
     k = args.pop("K", None)
     if k is not None and num_particles not in (1, k):

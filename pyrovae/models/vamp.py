@@ -28,6 +28,7 @@ from pyrovae.models.vae import VAE
 __all__ = ["PseudoInputs", "VampVAE"]
 
 COMPONENTS = 500  # K, the paper's choice for MNIST
+MAX_COMPONENTS = 100_000  # every step encodes all K pseudo-inputs: beyond this, a typo
 
 
 class PseudoInputs(nn.Module):
@@ -50,7 +51,8 @@ class VampVAE(VAE):
     def __init__(self, shape: Sequence[int], z_dim: int = 16, hidden: Sequence[int] = (400,),
                  net: str = "mlp", likelihood: str = "bernoulli", obs_scale: float | None = None,
                  components: int = COMPONENTS):
-        components = checks.whole(components, checks.label("components", "--model vamp:components=K"))
+        components = checks.whole(components, checks.label("components", "--model vamp:components=K"),
+                                  maximum=MAX_COMPONENTS)
         super().__init__(shape, z_dim, hidden, net, likelihood, obs_scale)
         self.pseudo_inputs = PseudoInputs(components, self.shape)
         self._spec["components"] = components

@@ -27,6 +27,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+from pyrovae import checks
 from pyrovae.errors import PyrovaeError
 
 _MIN_SCALE = 1e-3
@@ -242,4 +243,7 @@ def build_likelihood(name: str, obs_scale: float | None = None) -> Likelihood:
     cls = LIKELIHOODS[name]
     if issubclass(cls, _LocScale):
         return cls(obs_scale)
+    if obs_scale is not None:
+        raise PyrovaeError(f"{checks.label('obs_scale', '--obs-scale')} applies to the gaussian and "
+                           f"laplace likelihoods only, not {name!r}: leave it out")
     return cls()

@@ -6,8 +6,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from pyrovae import checks
+from pyrovae import checks, memory
 from pyrovae.errors import PyrovaeError
+from pyrovae.infer.beta import MAX_BETA
 
 
 @dataclass
@@ -61,6 +62,14 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": dict(net="mlp", hidden=[400], z_dim=50, epochs=10, batch_size=256),
     "fashion-mnist": dict(net="mlp", hidden=[400], z_dim=50, epochs=10, batch_size=256),
 }
+# image shape and number of images of the named sets, for the memory check before loading them
+DATASET_SIZES: dict[str, tuple[tuple[int, ...], int]] = {
+    "mnist-5k": ((1, 28, 28), 5000), "digits": ((1, 8, 8), 1797),
+    "mnist": ((1, 28, 28), 60000), "fashion-mnist": ((1, 28, 28), 60000),
+}
+MAX_EPOCHS = 1_000_000  # more is a typo, not a run
+MAX_LR = 10.0  # an Adam step size beyond this is a typo
+SCALED_LIKELIHOODS = ("gaussian", "laplace")  # the likelihoods with an obs_scale
 GENERIC_DEFAULTS: dict[str, Any] = dict(
     net="mlp", hidden=[400], z_dim=32, epochs=10, batch_size=128, binarize="dynamic",
     likelihood="bernoulli", lr=1e-3,
@@ -79,12 +88,15 @@ def resolve(config: TrainConfig) -> TrainConfig:
         values["binarize"] = "none"
     out = TrainConfig(**values)
     _check(out)
+    _check_memory(out)
     return out
 
 
 def _check(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "z_dim", "particles", "eval_batch_size"):
         checks.whole(getattr(c, name), name)
+    checks.whole(c.epochs, "epochs", maximum=MAX_EPOCHS)
+    checks.whole(c.particles, "particles", maximum=memory.MAX_PARTICLES)
     if c.limit is not None:
         checks.whole(c.limit, "limit")
     if not c.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in c.hidden):
@@ -92,8 +104,27 @@ def _check(c: TrainConfig) -> None:
                            f"got {c.hidden}")
     checks.seed(c.seed)
     checks.positive(c.lr, "lr")
-    checks.finite(c.beta, "beta", minimum=0)
+    if c.lr > MAX_LR:
+        raise PyrovaeError(f"{checks.label('lr')} must be at most {MAX_LR:g} (Adam moves each weight by "
+                           f"about lr per step), got {c.lr:g}")
+    checks.finite(c.beta, "beta", minimum=0, maximum=MAX_BETA)
+    if c.obs_scale is not None and c.likelihood not in SCALED_LIKELIHOODS:
+        raise PyrovaeError(f"{checks.label('obs_scale')} applies to the gaussian and laplace "
+                           f"likelihoods only, not {c.likelihood!r}: drop it, or choose "
+                           f"{checks.label('likelihood')} gaussian or laplace")
     if c.compile not in ("eager", "graph", "auto"):
         raise PyrovaeError(f"{checks.label('compile')} must be eager, graph or auto, got {c.compile!r}")
     if c.device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", c.device):
         raise PyrovaeError(f"{checks.label('device')} must be cpu, cuda or cuda:N, got {c.device!r}")
+
+
+def _check_memory(c: TrainConfig) -> None:
+    """Refuse sizes that cannot fit before any data is loaded: the named sets' image shape, else a
+    lower bound (one-pixel images, one example per batch). ``memory.check_memory`` with the loaded
+    data's shape is the precise check."""
+    if c.model.startswith("user:"):
+        return  # the user's model decides its own sizes
+    shape, n = DATASET_SIZES.get(c.dataset, ((1,), 1))
+    if c.limit is not None:
+        n = min(n, c.limit)
+    memory.check_memory(c, shape, n)

@@ -28,7 +28,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyrovae import checks, runs
+from pyrovae import checks, memory, runs
 from pyrovae.data.datasets import Dataset, binarize, check_binarize_mode, load_dataset
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.generate import reconstruct, remember_inputs, sample
@@ -296,6 +296,8 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
     source = run_dir  # where a resumed checkpoint came from (every rank reads it)
     device = resolve_device(distributed.device_name(ctx, config.device))
     data = prepare_data(config, data).to(device)
+    if user_model is None:  # the built-in's size is known: refuse what cannot fit, before allocating
+        memory.check_memory(config, data.shape, len(data.train_x))
     mode, why = steps.choose(config.compile, device, config.estimator)
     if mode == "graph" and len(data.train_x) < config.batch_size:
         raise PyrovaeError(f"--compile graph trains on full batches only, and the {len(data.train_x)} "

@@ -128,7 +128,7 @@ def fit_toy(
             except PyrovaeError as exc:
                 if "loss became" in str(exc):
                     what = str(exc).split(";")[0].removeprefix("training stopped: ")
-                    raise PyrovaeError(f"{estimator} {what}: lower --lr (now {lr})") from None
+                    raise PyrovaeError(f"{estimator}: {what}: lower --lr (now {lr})") from None
                 raise
         p, s = toy.model_params(x.dtype)
         w, b = toy.guide_params(x.dtype)
