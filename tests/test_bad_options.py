@@ -197,7 +197,7 @@ def test_sample_into_a_folder_writes_the_default_file_name(run_dir, tmp_path, ca
 def test_commands_take_the_checkpoint_path_for_its_run(run_dir, tmp_path, capsys):
     ckpt = str(run_dir / "checkpoint.pt")
     assert main(["evaluate", ckpt, "--iwae-k", "2", "--limit", "4"]) == 0
-    assert (run_dir / "eval-test-4.json").is_file()
+    assert (run_dir / "eval-K2-n4-seed0.json").is_file()
     assert main(["sample", ckpt, "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     other = tmp_path / "notes.txt"
     other.write_text("x")

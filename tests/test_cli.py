@@ -38,8 +38,9 @@ def test_evaluate_prints_a_table_and_writes_eval_json(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--iwae-k", "20"]) == 0
     out = capsys.readouterr().out
     assert "log p(x), IWAE K=20" in out and "ELBO" in out
-    result = json.loads((run_dir / "eval.json").read_text())
+    result = json.loads((run_dir / "eval-K20.json").read_text())  # one file per K
     assert result["iwae_k"] == 20 and result["log_px"] >= result["elbo"] - 0.1
+    assert result["seed"] == 0 and result["limit"] is None
 
 
 def test_sample_writes_a_png(run_dir, tmp_path):
@@ -161,7 +162,7 @@ def test_a_user_model_through_the_commands(tmp_path, capsys):
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     capsys.readouterr()
     assert main(["evaluate", str(run), "--model", spec, "--iwae-k", "5"]) == 0, capsys.readouterr().err
-    result = json.loads((run / "eval.json").read_text())
+    result = json.loads((run / "eval-K5.json").read_text())
     assert result["iwae_k"] == 5 and result["log_px"] >= result["elbo"] - 0.1
     out = tmp_path / "grid.png"
     assert main(["sample", str(run), "--model", spec, "--n", "9", "--out", str(out)]) == 0, \

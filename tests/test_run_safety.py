@@ -63,7 +63,7 @@ def test_broken_and_foreign_checkpoints(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoint.pt")
     with pytest.raises(PyrovaeError, match="did not write"):
         load_run(tmp_path)
-    with pytest.raises(PyrovaeError, match="device must be cpu, cuda or cuda:N"):
+    with pytest.raises(PyrovaeError, match="device must be cpu, cuda, cuda:N or auto"):
         load_run(tmp_path, device="tpu")
 
 
@@ -94,6 +94,6 @@ def test_evaluate_on_the_training_split_binarizes_it(tmp_path, capsys):
     assert main(["train", "--dataset", "digits", "--limit", "100", "--epochs", "1", "--hidden",
                  "8", "--z-dim", "2", "--out", str(out), "--no-progress"]) == 0
     assert main(["evaluate", str(out), "--split", "train", "--iwae-k", "5"]) == 0
-    result = json.loads((out / "eval-train.json").read_text())
+    result = json.loads((out / "eval-K5-train.json").read_text())
     assert result["split"] == "train" and result["log_px"] < 0
-    assert not (out / "eval.json").exists()  # the held-out evaluation file is left alone
+    assert not (out / "eval-K5.json").exists()  # the held-out evaluation file is left alone

@@ -22,6 +22,7 @@ from pyrovae.experiments.compare import (
 from pyrovae.memory import MAX_PARTICLES
 from pyrovae.training.config import MAX_EPOCHS
 
+MAX_SEEDS = 1000  # runs per estimator
 MAX_SECONDS = 30 * 24 * 3600.0  # a training budget of more than 30 days per estimator is a typo
 MAX_DRAWS = 1_000_000  # gradient draws per estimator: more is a typo (hours per estimator)
 
@@ -67,7 +68,10 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--grad-batch", type=int, default=64, help="images in the SNR batch (64)")
     p.add_argument("--snr-k", type=sizes, default=list(DEFAULT_SNR_KS),
                    help="K values of the SNR-against-K figure (default 1,3,10,30)")
-    p.add_argument("--out", required=True, help="comparison folder")
+    p.add_argument("--out", required=True, help="comparison folder (rerun to resume it)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per estimator, seeds --seed, --seed + 1, "
+                   "...; the table gives the mean and standard error (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
     add_config_args(p, exclude=_NOT_COMPARE_OPTIONS)
     p.set_defaults(func=_compare)
 
@@ -103,10 +107,12 @@ def _compare(args: argparse.Namespace) -> int:
         checks.whole(getattr(args, name), name, maximum=MAX_PARTICLES)
     if max(args.snr_k) > MAX_PARTICLES:
         raise PyrovaeError(f"--snr-k values must be at most {MAX_PARTICLES:,}, got {max(args.snr_k):,}")
+    checks.whole(args.seeds, "seeds", maximum=MAX_SEEDS)
     writable(args.out, folder=True)
     compare(args.out, args.estimators, epochs=args.epochs, seconds=args.seconds,
             iwae_k=args.iwae_k, eval_n=args.eval_n, curve_k=args.curve_k, draws=args.draws,
-            grad_batch=args.grad_batch, snr_ks=args.snr_k, **config)
+            grad_batch=args.grad_batch, snr_ks=args.snr_k, seeds=args.seeds,
+            progress=not args.no_progress, **config)
     print((Path(args.out) / "compare.md").read_text(), end="")
     print(f"table and figures in {args.out}")
     return 0

@@ -29,6 +29,8 @@ from pyrovae.memory import MAX_PARTICLES
 MAX_GRID = 10_000  # images in one sample grid or view row: more is unreadable
 MAX_SAMPLES = 1_000_000  # images per sampler for the quality scores
 MAX_SPAN = 1e3  # traversal range in prior standard deviations
+MAX_TRACK_EVERY = 10**9  # steps between tracked rows
+MAX_SEEDS = 1000  # runs per row of a sweep or comparison
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,23 +50,37 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a trained run already in --out (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tracking", help="experiment trackers, comma-separated: tensorboard, mlflow, "
+                   "jsonl (files inside the run folder; default none)")
+    p.add_argument("--track-every", type=int, default=50, help="steps between per-step tracking rows")
+    p.add_argument("--config", metavar="FILE", help="training options from a TOML, YAML or JSON "
+                   "file (flags given here override it)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved options as "
+                   "TOML (readable by --config) and train nothing")
     p.set_defaults(func=_train)
 
 
 def _train(args) -> int:
+    from pyrovae.cli.config_file import read_config_file
     from pyrovae.training.loop import train
 
-    given = config_from(args)
+    checks.whole(args.track_every, "track_every", maximum=MAX_TRACK_EVERY)
+    given = {**(read_config_file(args.config) if args.config else {}), **config_from(args)}
+    if args.print_config:
+        return _print_config(args, given)
     obj = user_model(given.get("model"))
     if obj is not None:
         given["model"] = obj
+    tracking = dict(tracking=args.tracking, track_every=args.track_every)
     if args.resume:
-        given.pop("dataset", None)
-        run = train(run_dir=run_folder(args.resume), resume=True, progress=not args.no_progress, **given)
+        if _nothing_left(args, given):
+            return 0
+        run = train(run_dir=run_folder(args.resume), resume=True, progress=not args.no_progress,
+                    **tracking, **given)
     else:
         writable(args.out or ".", folder=True)
-        run = train(run_dir=args.out or _default_out(args.dataset), progress=not args.no_progress,
-                    overwrite=args.overwrite, **given)
+        run = train(run_dir=args.out or _default_out(given.get("dataset") or "mnist-5k"),
+                    progress=not args.no_progress, overwrite=args.overwrite, **tracking, **given)
     if run.world_size > 1 and not run.metrics:
         return 0  # a data-parallel rank other than 0: rank 0 reports
     last = run.metrics[-1] if run.metrics else {}
@@ -79,6 +95,39 @@ def _train(args) -> int:
     return 0
 
 
+def _print_config(args: argparse.Namespace, given: dict) -> int:
+    """The config a new run with these options would record, as TOML on standard output."""
+    from pyrovae.cli.config_file import to_toml
+    from pyrovae.training.config import TrainConfig, resolve
+
+    if args.resume:
+        raise PyrovaeError("--print-config shows a new run's options: leave out --resume (a run's "
+                           "options are in RUN/config.json)")
+    if user_model(given.get("model")) is not None:
+        raise PyrovaeError("--print-config shows the built-in models' options: a module:Class model "
+                           "configures itself")
+    print(to_toml(resolve(TrainConfig.from_dict({**TrainConfig().to_dict(), **given})).to_dict()), end="")
+    return 0
+
+
+def _nothing_left(args: argparse.Namespace, given: dict) -> bool:
+    """``--resume`` of a finished run without a larger ``--epochs``: say so instead of training."""
+    from pyrovae import runs
+
+    folder = run_folder(args.resume)
+    try:
+        recorded = runs.read_config(folder)
+    except PyrovaeError:
+        return False  # the loader says what is wrong with the folder
+    done = len(runs.read_metrics(folder))
+    epochs = given.get("epochs", recorded.get("epochs"))
+    if isinstance(epochs, int) and done >= epochs:
+        print(f"pyrovae: nothing left to train: {folder} has {done} of {epochs} epochs; pass "
+              f"--epochs N (N > {done}) to continue it", file=sys.stderr)
+        return True
+    return False
+
+
 def _default_out(dataset: str) -> str:
     import time
 
@@ -91,7 +140,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--iwae-k", type=int, default=1000, help="importance samples K (default 1000)")
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--limit", type=int, help="evaluate N images drawn at random (seeded by --seed)")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="module:Class of a run that trained your own model")
@@ -117,13 +166,14 @@ def _evaluate(args) -> int:
     if args.split == "train" and run.config.binarize == "dynamic":
         x = batch[0]  # grey levels: one fixed draw, like held-out data
         batch = (binarize(x.cpu(), torch.Generator().manual_seed(EVAL_SEED)).to(x.device), *batch[1:])
-    if args.limit is not None:
-        batch = tuple(t[: args.limit] for t in batch)
+    if args.limit is not None and args.limit < len(batch[0]):  # random: some sets are sorted by class
+        pick = torch.randperm(len(batch[0]), generator=torch.Generator().manual_seed(args.seed))
+        batch = tuple(t[pick[: args.limit].to(t.device)] for t in batch)
     x = batch if len(batch) > 1 else batch[0]
     result = evaluate(run.vae, x, iwae_k=args.iwae_k, batch_size=args.batch_size, seed=args.seed)
-    result["split"] = args.split
-    name = "eval.json" if args.split == "test" and args.limit is None else \
-        f"eval-{args.split}{'' if args.limit is None else f'-{args.limit}'}.json"
+    result.update(split=args.split, seed=args.seed, limit=args.limit)
+    name = f"eval-K{args.iwae_k}{'' if args.split == 'test' else '-train'}" \
+        f"{'' if args.limit is None else f'-n{args.limit}-seed{args.seed}'}.json"
     write_json(Path(args.run) / name, result)
     print(f"{'quantity (nats per example)':<32} value")
     for key, label in [("elbo", "ELBO"), ("recon", "reconstruction E_q log p(x|z)"),
@@ -251,7 +301,8 @@ def _add_baselines(sub) -> None:
     p.add_argument("--models", default="ae,dae,vae", help="comma-separated (default ae,dae,vae)")
     p.add_argument("--samplers", default="prior,aggregate,gmm", help="comma-separated")
     p.add_argument("--n-samples", type=int, default=1000, help="images per sampler for the scores")
-    p.add_argument("--out", required=True, help="experiment folder")
+    p.add_argument("--out", required=True, help="experiment folder (rerun to resume it)")
+    _add_experiment_args(p, seeds=False)
     p.set_defaults(func=_baselines)
 
 
@@ -263,9 +314,17 @@ def _baselines(args) -> int:
     writable(args.out, folder=True)
     models = [m for m in args.models.split(",") if m]
     compare_models(args.out, models, [s for s in args.samplers.split(",") if s], args.n_samples,
-                   **config)
+                   progress=not args.no_progress, **config)
     print((Path(args.out) / "baselines.md").read_text(), end="")
     return 0
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, seeds: bool = True) -> None:
+    """``--seeds`` and ``--no-progress``, as every multi-run command spells them."""
+    if seeds:
+        p.add_argument("--seeds", type=int, default=1, help="runs per row, seeds --seed, --seed + 1, "
+                       "...; the table gives the mean and standard error (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 
 def _floats(text: str) -> list[float]:
@@ -286,7 +345,8 @@ def _add_sweep(sub) -> None:
                    help="an annealing schedule to run (repeat; default linear, cyclical, sigmoid)")
     p.add_argument("--schedule-beta", type=float, default=1.0,
                    help="the target beta of the annealed runs (default 1)")
-    p.add_argument("--out", required=True, help="sweep folder")
+    p.add_argument("--out", required=True, help="sweep folder (rerun to resume it)")
+    _add_experiment_args(p)
     p.set_defaults(func=_sweep)
 
 
@@ -301,15 +361,19 @@ def _sweep(args) -> int:
     schedules = args.schedules if args.schedules is not None else list(DEFAULT_SCHEDULES)
     for spec in schedules:  # the spec's own checks, before the beta runs train
         parse_schedule(spec, args.schedule_beta, total_steps=MAX_STEPS)
-    sweep(args.out, args.betas, schedules, args.schedule_beta, progress=False,
-          **config_from(args))
+    checks.whole(args.seeds, "seeds", maximum=MAX_SEEDS)
+    sweep(args.out, args.betas, schedules, args.schedule_beta, progress=not args.no_progress,
+          seeds=args.seeds, **config_from(args))
     print((Path(args.out) / "sweep.md").read_text(), end="")
     print(f"table and figures in {args.out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pyrovae import __version__
+
     parser = _Parser(prog="pyrovae", description="Variational auto-encoders as Pyro programs.")
+    parser.add_argument("--version", action="version", version=f"pyrovae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_evaluate(sub)

@@ -35,7 +35,7 @@ def obs_scale(text: str) -> float | None:
 
 # config field -> (flag, argparse keyword arguments); a field left out of the command line is None
 OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dataset": ("--dataset", dict(default="mnist-5k", help="mnist-5k (default, offline), digits, "
+    "dataset": ("--dataset", dict(help="mnist-5k (default, offline), digits, "
                                   "mnist, fashion-mnist, idx:PATH, npy:PATH, npz:PATH")),
     "data_dir": ("--data-dir", dict(help="folder holding the IDX files (searched first)")),
     "binarize": ("--binarize", dict(choices=["none", "static", "dynamic"], help="binarize grey "
@@ -62,7 +62,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "batch_size": ("--batch-size", dict(type=int)),
     "lr": ("--lr", dict(type=float, help="Adam learning rate (default 1e-3)")),
     "seed": ("--seed", dict(type=int)),
-    "device": ("--device", dict(help="cpu (default), cuda or cuda:N")),
+    "device": ("--device", dict(help="cpu (default), cuda, cuda:N, or auto (cuda when available)")),
     "compile": ("--compile", dict(choices=["eager", "graph", "auto"], help="eager (default); "
                                   "graph: capture the SVI step as a CUDA graph (GPU only); auto: "
                                   "graph where the device and estimator allow, else eager")),

@@ -33,7 +33,7 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None  # Adam learning rate
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
     compile: str = "eager"  # eager | graph (the step as a CUDA graph) | auto (graph where possible)
     eval_batch_size: int = 1000  # held-out ELBO batches (memory only, not results)
     eval_held_out: bool = True  # held-out ELBO and active units after every epoch
@@ -76,6 +76,15 @@ GENERIC_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def auto_device(name: str) -> str:
+    """``"auto"``: ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``; other names unchanged."""
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill ``None`` fields from the data set's defaults and check the numbers."""
     defaults = {**GENERIC_DEFAULTS, **DATASET_DEFAULTS.get(config.dataset, {})}
@@ -86,6 +95,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     # Grey-level likelihoods need no binarization; the Bernoulli one does.
     if config.binarize is None and values["likelihood"] != "bernoulli":
         values["binarize"] = "none"
+    values["device"] = auto_device(values["device"])  # the run records the device it used
     out = TrainConfig(**values)
     _check(out)
     _check_memory(out)

@@ -50,7 +50,7 @@ from pyrovae.models.contract import (
 from pyrovae.models.registry import build_model, from_spec, model_name, spec_name
 from pyrovae.tracking import Trackers, build_trackers
 from pyrovae.training import distributed, steps
-from pyrovae.training.config import BUILTIN_OPTIONS, TrainConfig, resolve
+from pyrovae.training.config import BUILTIN_OPTIONS, TrainConfig, auto_device, resolve
 
 EVAL_SEED = 1234  # fixed draw for binarizing held-out data, so runs compare on the same images
 
@@ -91,9 +91,11 @@ class Run:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, with a clear error when CUDA is asked for but absent."""
+    """``torch.device(name)`` (``"auto"``: CUDA when available), with a clear error when CUDA is
+    asked for but absent."""
+    name = auto_device(name)
     if name != "cpu" and not (name == "cuda" or re.fullmatch(r"cuda:\d+", name)):
-        raise PyrovaeError(f"{checks.label('device')} must be cpu, cuda or cuda:N, got {name!r}")
+        raise PyrovaeError(f"{checks.label('device')} must be cpu, cuda, cuda:N or auto, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PyrovaeError(
             f"--device {name} asked for, but no CUDA GPU is available: use --device cpu")
@@ -251,6 +253,9 @@ def _new_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str
             raise PyrovaeError(f"{built} configure the built-in models; your {type(user_model).__name__} "
                                "is built by you: set them in its constructor")
         overrides["model"] = model_name(user_model)
+        if not overrides["model"].startswith("user:"):  # a built-in instance: record its own sizes
+            spec = user_model.spec
+            overrides.update({k: spec[k] for k in BUILTIN_OPTIONS if k in spec})
         if overrides.get("binarize", given.get("binarize")) is None:
             overrides["binarize"] = "none"  # the user's likelihood decides what data it takes
     base = config.to_dict() if isinstance(config, TrainConfig) else TrainConfig().to_dict()
@@ -345,6 +350,7 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         if ckpt is not None:
             _resume_state(ckpt, source, model, program, optimizer, config.lr, capturable)
             run.schedule = _checkpoint_schedule(ckpt, source)
+            _warn_schedule_length(run.schedule, ckpt["config"].get("epochs"), config.epochs)
         else:
             run.schedule = parse_schedule(config.kl_schedule, config.beta,
                                           steps_per_epoch * config.epochs, steps_per_epoch)
@@ -635,6 +641,17 @@ def _track_images(run: Run, test_batch: tuple[torch.Tensor, ...], step: int, tra
         trackers.log_images(step, "samples", sample(run.model, 64, seed=0, like=shown))
         trackers.log_images(step, "reconstructions", torch.cat([shown[0], reconstruct(run.model, shown)]))
     _train_mode(run.model, True)
+
+
+def _warn_schedule_length(schedule: Schedule, recorded: Any, epochs: int) -> None:
+    """A resume to another number of epochs keeps the KL schedule resolved when the run started
+    (its steps count from the first epoch; past its end beta stays at its target): say so, since an
+    annealed run resumed to 3 epochs is then not a 3-epoch run."""
+    if to_dict(schedule)["name"] != "constant" and recorded is not None and recorded != epochs:
+        warnings.warn(f"resuming to {epochs} epochs a run that started with {recorded}: its KL "
+                      f"schedule keeps the length it was resolved with ({to_dict(schedule)}); past "
+                      "its end beta stays at its target. Train a new run to anneal over "
+                      f"{epochs} epochs.", UserWarning, stacklevel=3)
 
 
 def _constant_one(schedule: Schedule) -> bool:
@@ -973,7 +990,7 @@ def load_run(run_dir: str | os.PathLike, model: Any = None, device: str = "cpu",
     are those up to its epoch.
     """
     run_dir = Path(run_dir)
-    resolve_device(device)
+    device = str(resolve_device(device))
     if Path(checkpoint).name != checkpoint:
         raise PyrovaeError(f"checkpoint must be a file name inside the run folder, got {checkpoint!r}")
     path = run_dir / checkpoint
