@@ -30,7 +30,8 @@ CASE_SECONDS = 20  # a case that takes longer hangs (e.g. a huge loop count acce
 # (command, option) -> the generated values it accepts; every other value must be an error.
 HUGE = {"1000000000", "9" * 40}  # for a batch size or a limit: all there is
 _TRAIN_VALID = {"--batch-size": HUGE, "--seed": {"0", "1000000000"}, "--limit": HUGE,
-                "--lr": {"1e-300", "1.5"}}
+                "--lr": {"1e-300", "1.5"}, "--clip-norm": {"1e-300", "1.5"},
+                "--val-fraction": {"1e-300"}}  # a tiny fraction still holds out MIN_HELD_OUT images
 VALID: dict[tuple[str, str], set[str]] = {
     **{(c, o): v for c in ("train", "sweep", "baselines", "compare") for o, v in _TRAIN_VALID.items()},
     ("train", "--beta"): {"0", "1e-300", "1.5"},
@@ -202,6 +203,8 @@ BAD_SPECS = {
     "--model": ["", ":", "nosuch", "vae:", "vamp:components=0", "vamp:components=-1",
                 "vamp:components=1,components=2", "vamp:nosuch=1", "vamp:components=" + "9" * 40],
     "--likelihood": ["", "gauss", "bernoulli:1"],
+    "--lr-schedule": ["", "step:", "step:every=0", "step:every=1.5", "step:gamma=2", "step:gamma=nan",
+                      "step:every=1,every=2", "cosine:x=1", "exponential:gamma=0", "nosuch", ":"],
     "--net": ["", "resnet"],
     "--device": ["", "gpu", "cuda:-1", "cuda:99", "cpu:0"],
     "--dataset": ["", "nosuch", "npy:", "npz:/nonexistent/file.npz", "idx:/nonexistent"],

@@ -38,7 +38,7 @@ def add_parsers(subparsers: Any) -> None:
         "and report the guide's (encoder) and the model's (decoder) gradient mean, variance and "
         "SNR |E g| / std g.")
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
-    p.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
+    p.add_argument("--estimators", "--estimator", dest="estimators", default=",".join(DEFAULT_ESTIMATORS),
                    help=f"comma-separated specs (default {','.join(DEFAULT_ESTIMATORS)})")
     p.add_argument("--draws", type=int, default=100, help="gradient draws per estimator (100)")
     p.add_argument("--batch-size", "--batch", type=int, default=64, dest="batch",
@@ -54,7 +54,7 @@ def add_parsers(subparsers: Any) -> None:
         description="Train the same VAE from the same seed with each estimator under the same "
         "budget, evaluate each with the same importance-sampled log p(x), and write "
         "compare.{csv,md} and figures.")
-    p.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
+    p.add_argument("--estimators", "--estimator", dest="estimators", default=",".join(DEFAULT_ESTIMATORS),
                    help=f"comma-separated specs (default {','.join(DEFAULT_ESTIMATORS)})")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=int, help="epochs per estimator")

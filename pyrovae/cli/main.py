@@ -29,7 +29,7 @@ from pyrovae.memory import MAX_PARTICLES
 MAX_GRID = 10_000  # images in one sample grid or view row: more is unreadable
 MAX_SAMPLES = 1_000_000  # images per sampler for the quality scores
 MAX_SPAN = 1e3  # traversal range in prior standard deviations
-MAX_TRACK_EVERY = 10**9  # steps between tracked rows
+MAX_TRACK_EVERY = 10**6  # steps between tracked rows: more is a typo
 MAX_SEEDS = 1000  # runs per row of a sweep or comparison
 
 
@@ -192,7 +192,8 @@ def _add_sample(sub) -> None:
                    help="prior (the model run without observations, default), aggregate (the "
                    "aggregate posterior of the training set) or gmm (a Gaussian mixture fitted on "
                    "the training codes); aggregate and gmm need a built-in model's decoder")
-    p.add_argument("--n", type=int, default=64, help=f"number of samples (at most {MAX_GRID:,})")
+    p.add_argument("--n", "--n-samples", dest="n", type=int, default=64,
+                   help=f"number of samples (at most {MAX_GRID:,})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="PNG path, or an existing folder to write samples-<seed>.png in "
                    "(default RUN/figures/samples-<seed>.png)")
@@ -287,8 +288,10 @@ def _views(args) -> int:
                    folder / f"interpolation-{args.mode}.png")
     z = encode(run.vae, x[args.index:args.index + 1])[0][0]
     codes = traversal(z, span=args.span, steps=args.steps)
-    b = plots.save(plots.plot_images(run.vae.decode(codes), "one latent dimension per row",
-                                     nrow=args.steps), folder / "traversal.png")
+    values = [-args.span + 2 * args.span * i / (args.steps - 1) for i in range(args.steps)]
+    b = plots.save(plots.plot_traversal(run.vae.decode(codes), range(len(z)), values,
+                                        f"traversals of held-out image {args.index}"),
+                   folder / "traversal.png")
     print(f"wrote {a} and {b}")
     return 0
 
@@ -300,7 +303,8 @@ def _add_baselines(sub) -> None:
     add_config_args(p, exclude={"beta", "kl_schedule", "model", "noise"})
     p.add_argument("--models", default="ae,dae,vae", help="comma-separated (default ae,dae,vae)")
     p.add_argument("--samplers", default="prior,aggregate,gmm", help="comma-separated")
-    p.add_argument("--n-samples", type=int, default=1000, help="images per sampler for the scores")
+    p.add_argument("--n-samples", "--n", dest="n_samples", type=int, default=1000,
+                   help="images per sampler for the scores")
     p.add_argument("--out", required=True, help="experiment folder (rerun to resume it)")
     _add_experiment_args(p, seeds=False)
     p.set_defaults(func=_baselines)

@@ -61,6 +61,14 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "epochs": ("--epochs", dict(type=int, help="total epochs (with --resume: train up to this)")),
     "batch_size": ("--batch-size", dict(type=int)),
     "lr": ("--lr", dict(type=float, help="Adam learning rate (default 1e-3)")),
+    "lr_schedule": ("--lr-schedule", dict(help="constant (default), step:every=E,gamma=G, "
+                                          "exponential:gamma=G or cosine: the learning rate per epoch")),
+    "clip_norm": ("--clip-norm", dict(type=float, help="clip the gradients' global norm to this")),
+    "val_fraction": ("--val-fraction", dict(type=float, help="hold out this fraction of the training "
+                                            "split for validation: held-out metrics, best.pt and "
+                                            "early stopping use it, never the test set")),
+    "patience": ("--patience", dict(type=int, help="early stopping: epochs without a better "
+                                    "validation ELBO (needs --val-fraction)")),
     "seed": ("--seed", dict(type=int)),
     "device": ("--device", dict(help="cpu (default), cuda, cuda:N, or auto (cuda when available)")),
     "compile": ("--compile", dict(choices=["eager", "graph", "auto"], help="eager (default); "

@@ -43,9 +43,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma", type=float, default=0.5, help="true noise scale (0.5)")
     parser.add_argument("--n", type=int, default=500, help="number of data points (500)")
     parser.add_argument(
-        "--estimator",
+        "--estimator", "--estimators", dest="estimator",
         nargs="+",
-        choices=list(ESTIMATORS),
         default=list(ESTIMATORS),
         help="one or more gradient estimators (default: all). "
         + "; ".join(f"{k}: {v.summary}" for k, v in ESTIMATORS.items()),
@@ -87,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
     if not (0 < args.lr <= MAX_LR):
         raise PyrovaeError(f"{checks.label('lr')} must be a number in (0, {MAX_LR:g}], got {args.lr}: "
                            "pass a step size such as 0.05")
-    estimators = list(dict.fromkeys(args.estimator))  # keep order, drop repeats
+    # keep order, drop repeats; "a,b" (as compare spells a list) and "a b" alike
+    estimators = list(dict.fromkeys(e for arg in args.estimator for e in arg.split(",") if e))
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown or not estimators:
+        raise PyrovaeError(f"unknown --estimator {unknown or args.estimator}: choose from "
+                           f"{', '.join(ESTIMATORS)}")
 
     x, z = sample_data(args.p, args.sigma, args.n, seed=args.seed)
     em_fit = exact.em(x, p_init=args.p_init, sigma=sigma_start, learn_sigma=args.learn_sigma)

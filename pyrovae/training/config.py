@@ -9,6 +9,7 @@ from typing import Any
 from pyrovae import checks, memory
 from pyrovae.errors import PyrovaeError
 from pyrovae.infer.beta import MAX_BETA
+from pyrovae.training.lr_schedules import parse_lr_schedule
 
 
 @dataclass
@@ -32,6 +33,10 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None  # Adam learning rate
+    lr_schedule: str = "constant"  # constant | step:every=E,gamma=G | exponential:gamma=G | cosine
+    clip_norm: float | None = None  # clip the gradients' global norm to this (None: no clipping)
+    val_fraction: float | None = None  # hold out this fraction of the training split for validation
+    patience: int | None = None  # early stopping: epochs without a better held-out ELBO
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
     compile: str = "eager"  # eager | graph (the step as a CUDA graph) | auto (graph where possible)
@@ -53,6 +58,8 @@ class TrainConfig:
 
 
 # fields that configure the built-in models only (a user's model is built by its author)
+MAX_CLIP_NORM = 1e6  # a gradient-norm bound beyond this clips nothing: a typo
+
 BUILTIN_OPTIONS = ("net", "hidden", "z_dim", "likelihood", "obs_scale", "noise")
 
 # Defaults per data set, so `pyrovae train --dataset NAME` just works.
@@ -118,6 +125,17 @@ def _check(c: TrainConfig) -> None:
         raise PyrovaeError(f"{checks.label('lr')} must be at most {MAX_LR:g} (Adam moves each weight by "
                            f"about lr per step), got {c.lr:g}")
     checks.finite(c.beta, "beta", minimum=0, maximum=MAX_BETA)
+    parse_lr_schedule(c.lr_schedule)
+    if c.clip_norm is not None:
+        checks.finite(checks.positive(c.clip_norm, "clip_norm"), "clip_norm", maximum=MAX_CLIP_NORM)
+    if c.val_fraction is not None and not (isinstance(c.val_fraction, float) and 0 < c.val_fraction < 1):
+        raise PyrovaeError(f"{checks.label('val_fraction')} must be a fraction in (0, 1), such as "
+                           f"0.1, got {c.val_fraction!r}")
+    if c.patience is not None:
+        checks.whole(c.patience, "patience", maximum=MAX_EPOCHS)
+        if c.val_fraction is None:
+            raise PyrovaeError(f"{checks.label('patience')} stops on the validation ELBO: give "
+                               f"{checks.label('val_fraction')} too (never select on the test set)")
     if c.obs_scale is not None and c.likelihood not in SCALED_LIKELIHOODS:
         raise PyrovaeError(f"{checks.label('obs_scale')} applies to the gaussian and laplace "
                            f"likelihoods only, not {c.likelihood!r}: drop it, or choose "
@@ -125,7 +143,7 @@ def _check(c: TrainConfig) -> None:
     if c.compile not in ("eager", "graph", "auto"):
         raise PyrovaeError(f"{checks.label('compile')} must be eager, graph or auto, got {c.compile!r}")
     if c.device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", c.device):
-        raise PyrovaeError(f"{checks.label('device')} must be cpu, cuda or cuda:N, got {c.device!r}")
+        raise PyrovaeError(f"{checks.label('device')} must be cpu, cuda, cuda:N or auto, got {c.device!r}")
 
 
 def _check_memory(c: TrainConfig) -> None:

@@ -125,8 +125,8 @@ class GradientSum:
     host synchronisation, so it may sit between two captured CUDA graphs.
     """
 
-    def __init__(self, ctx: Context, params: Iterable[torch.nn.Parameter]):
-        self.ctx = ctx
+    def __init__(self, ctx: Context, params: Iterable[torch.nn.Parameter], clip_norm: float | None = None):
+        self.ctx, self.clip_norm = ctx, clip_norm
         self.params = [p for p in params if p.requires_grad]
         self.flat: torch.Tensor | None = None
         self.views: list[torch.Tensor] = []
@@ -151,7 +151,15 @@ class GradientSum:
             p.grad = view
 
     def __call__(self, loss: torch.Tensor) -> torch.Tensor:
-        """All-reduce (sum) the gradients in place; return the summed loss (0-dim tensor)."""
+        """All-reduce (sum) the gradients in place, then clip their global norm to ``clip_norm``
+        (when set); return the summed loss (0-dim tensor)."""
+        loss = self._reduce(loss)
+        if self.clip_norm is not None:  # the norm stays on the device: no host read
+            grads = [p for p in self.params if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(grads, self.clip_norm, foreach=True)
+        return loss
+
+    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
         if self.flat is None:
             return loss
         in_place = all(p.grad is v for p, v in zip(self.params, self.views, strict=True))

@@ -50,12 +50,14 @@ from pyrovae.models.contract import (
 from pyrovae.models.registry import build_model, from_spec, model_name, spec_name
 from pyrovae.tracking import Trackers, build_trackers
 from pyrovae.training import distributed, steps
+from pyrovae.training.callbacks import BestCheckpoint, EarlyStopping
 from pyrovae.training.config import BUILTIN_OPTIONS, TrainConfig, auto_device, resolve
+from pyrovae.training.lr_schedules import build_lr_schedule
 
 EVAL_SEED = 1234  # fixed draw for binarizing held-out data, so runs compare on the same images
 
 
-RESUMABLE = ("epochs", "device", "lr", "data_dir", "compile")  # what a resumed run may change
+RESUMABLE = ("epochs", "device", "lr", "data_dir", "compile", "patience")  # what a resumed run may change
 CHECKPOINT_FORMAT = "pyrovae-checkpoint-2"
 READABLE_FORMATS = ("pyrovae-checkpoint-1", CHECKPOINT_FORMAT)
 
@@ -83,6 +85,7 @@ class Run:
     world_size: int = 1  # data-parallel processes
     program: Program | None = None
     inputs: tuple[str, ...] = ("x",)
+    lr_scheduler: Any = None  # torch's scheduler of the run's learning-rate schedule, if any
 
     @property
     def vae(self) -> Any:
@@ -111,6 +114,8 @@ def prepare_data(config: TrainConfig, data: Dataset | None = None) -> Dataset:
         data = load_dataset(config.dataset, config.data_dir)
     if config.limit is not None:
         data = data.subset(config.limit, config.limit)
+    if config.val_fraction is not None:  # held-out metrics, best.pt and early stopping on validation
+        data = data.validation(config.val_fraction, seed=EVAL_SEED)
     if config.binarize != "none":
         for what, x in (("training data", data.train_x), ("held-out data", data.test_x)):
             if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
@@ -308,6 +313,9 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         raise PyrovaeError(f"--compile graph trains on full batches only, and the {len(data.train_x)} "
                            f"training examples do not fill one --batch-size {config.batch_size}: use a "
                            "smaller --batch-size or --compile eager")
+    if mode == "graph" and config.lr_schedule != "constant":
+        raise PyrovaeError("a CUDA graph bakes the learning rate into the captured step: use "
+                           f"{checks.label('lr_schedule', '--lr-schedule')} constant or --compile eager")
     if mode == "graph" and config.batch_size < ctx.world_size:
         raise PyrovaeError(f"--compile graph needs every rank to get examples: --batch-size "
                            f"{config.batch_size} is below the {ctx.world_size} processes")
@@ -345,10 +353,13 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         distributed.broadcast_parameters(ctx, params)
         capturable = mode == "graph" and device.type == "cuda"
         optimizer = make_optimizer(params, config.lr, capturable=capturable)
+        run.lr_scheduler = build_lr_schedule(config.lr_schedule, optimizer, config.epochs)
         n = len(train_batch[0])
         steps_per_epoch = n // config.batch_size if mode == "graph" else math.ceil(n / config.batch_size)
         if ckpt is not None:
             _resume_state(ckpt, source, model, program, optimizer, config.lr, capturable)
+            _resume_lr_schedule(ckpt, source, run.lr_scheduler, optimizer,
+                                same_lr=ckpt["config"].get("lr") == config.lr)
             run.schedule = _checkpoint_schedule(ckpt, source)
             _warn_schedule_length(run.schedule, ckpt["config"].get("epochs"), config.epochs)
         else:
@@ -363,7 +374,7 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
         try:
             with trackers:
                 fit(run, optimizer, elbo, train_batch, test_batch, ckpt, progress and ctx.is_main, ctx,
-                    callbacks, on_checkpoint, trackers)
+                    _selection(config, run_dir) + callbacks, on_checkpoint, trackers)
         finally:
             if run.run_dir is not None and runs.is_staging(run.run_dir):  # no checkpoint: discard it
                 shutil.rmtree(run.run_dir, ignore_errors=True)
@@ -374,6 +385,37 @@ def _train(config: TrainConfig, ctx: distributed.Context, ckpt: dict | None,
     if figures and run.run_dir is not None:
         _save_figures(run)
     return run
+
+
+def _selection(config: TrainConfig, run_dir: Any) -> tuple[Callable, ...]:
+    """The callbacks a validation split asks for: ``best.pt`` (with a run folder) and early stopping
+    after ``patience`` epochs without a better validation ELBO."""
+    out: list[Callable] = []
+    if config.val_fraction is not None and run_dir is not None:
+        out.append(BestCheckpoint())
+    if config.patience is not None:
+        out.append(EarlyStopping(config.patience))
+    return tuple(out)
+
+
+def _resume_lr_schedule(ckpt: dict, run_dir: Any, scheduler: Any, optimizer: torch.optim.Optimizer,
+                        same_lr: bool) -> None:
+    """The scheduler where the checkpoint left it, and the optimizer at its scheduled learning rate
+    (a resume with a new ``lr`` starts the rest of the schedule from that one)."""
+    saved = ckpt.get("lr_scheduler")
+    if scheduler is None:
+        return
+    if not isinstance(saved, dict):
+        raise _damaged(_checkpoint_path(run_dir), "it has no 'lr_scheduler' state for the run's "
+                       "learning-rate schedule")
+    try:
+        scheduler.load_state_dict(saved)
+        last = scheduler.get_last_lr()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _damaged(_checkpoint_path(run_dir), f"its 'lr_scheduler' does not fit ({exc})") from None
+    if same_lr:
+        for group, lr in zip(optimizer.param_groups, last, strict=False):
+            group["lr"] = lr
 
 
 def _open_run_folder(run: Run, run_dir: Path, ckpt: dict | None,
@@ -529,7 +571,7 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
     model, config, schedule = run.model, run.config, run.schedule
     device = train_batch[0].device
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_sum = distributed.GradientSum(ctx, params)
+    grad_sum = distributed.GradientSum(ctx, params, clip_norm=config.clip_norm)
     beta = torch.ones((), device=device)
     if run.program.model_only and _constant_one(schedule):
         model_fn, guide_fn = model.model, model.guide  # enumerated factors keep one plain scale
@@ -597,12 +639,15 @@ def fit(run: Run, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
             if not all(torch.isfinite(p).all() for p in params):
                 raise TrainingDiverged(_diverged_message(run, epoch, step, "finite, but the "
                                                          "parameters became nan or inf"))
+            lr_now = optimizer.param_groups[0]["lr"]
+            if run.lr_scheduler is not None:
+                run.lr_scheduler.step()  # per epoch; every rank steps alike
             if not ctx.is_main:  # rank 0 alone evaluates and writes
                 if distributed.broadcast_flag(ctx, False):
                     break  # rank 0's callback stopped training
                 continue
             row = {"epoch": epoch, "step": step, "seconds": seconds, "train_loss": total / end,
-                   "beta": schedule(step - 1)}
+                   "beta": schedule(step - 1), "lr": lr_now}
             if config.eval_held_out:
                 row.update(_held_out(model, test_batch, config))
             row["eval_seconds"] = time.perf_counter() - t0 - seconds
@@ -737,6 +782,7 @@ def checkpoint_payload(run: Run, optimizer: torch.optim.Optimizer, epoch: int, s
         "optimizer": _to_cpu(optimizer.state_dict()),
         "schedule": to_dict(run.schedule),
         "rng": rng,
+        **({"lr_scheduler": run.lr_scheduler.state_dict()} if run.lr_scheduler is not None else {}),
     }
 
 
