@@ -86,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
     if not (0 < args.lr <= MAX_LR):
         raise PyrovaeError(f"{checks.label('lr')} must be a number in (0, {MAX_LR:g}], got {args.lr}: "
                            "pass a step size such as 0.05")
-    # keep order, drop repeats; "a,b" (as compare spells a list) and "a b" alike
-    estimators = list(dict.fromkeys(e for arg in args.estimator for e in arg.split(",") if e))
+    given = [e for arg in args.estimator for e in arg.split(",") if e]  # "a,b" and "a b" alike
+    if len(set(given)) != len(given):
+        raise PyrovaeError(f"--estimator lists an estimator twice: {given}")
+    estimators = list(given)
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown or not estimators:
         raise PyrovaeError(f"unknown --estimator {unknown or args.estimator}: choose from "

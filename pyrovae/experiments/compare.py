@@ -59,6 +59,8 @@ def parse_estimators(text: str | Sequence[str]) -> list[str]:
     previous spec's arguments) or a list; each is checked with :func:`make_elbo`."""
     if isinstance(text, str):
         specs: list[str] = []
+        if text.strip() and any(not p.strip() for p in text.split(",")):
+            raise PyrovaeError(f"estimators {text!r} has an empty item: write e.g. trace,iwae:5")
         for part in (p.strip() for p in text.split(",")):
             if specs and ":" in specs[-1] and re.fullmatch(r"[-+.\deE]+", part or "x"):
                 specs[-1] += f",{part}"
