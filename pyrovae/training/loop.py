@@ -696,7 +696,7 @@ def _warn_schedule_length(schedule: Schedule, recorded: Any, epochs: int) -> Non
         warnings.warn(f"resuming to {epochs} epochs a run that started with {recorded}: its KL "
                       f"schedule keeps the length it was resolved with ({to_dict(schedule)}); past "
                       "its end beta stays at its target. Train a new run to anneal over "
-                      f"{epochs} epochs.", UserWarning, stacklevel=3)
+                      f"{epochs} epochs.", UserWarning, stacklevel=4)
 
 
 def _constant_one(schedule: Schedule) -> bool:
