@@ -190,9 +190,10 @@ def append_metrics(run_dir: str | os.PathLike, row: dict[str, Any]) -> None:
         raise write_error(path, exc) from None
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """All rows of the run's ``metrics.jsonl`` (empty list when there is none yet)."""
-    path = Path(run_dir) / METRICS
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (empty list when there is none yet); a last line cut short
+    by a kill is left out, a bad line elsewhere is a clear error."""
+    path = Path(path)
     if not path.is_file():
         return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -201,10 +202,15 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            if i == len(lines) - 1:  # a write cut short by a kill: the epoch it described is lost
+            if i == len(lines) - 1:  # a write cut short by a kill: the row it described is lost
                 break
             raise PyrovaeError(f"{path}, line {i + 1}, is not JSON: repair or delete it") from None
     return rows
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of the run's ``metrics.jsonl`` (empty list when there is none yet)."""
+    return read_jsonl(Path(run_dir) / METRICS)
 
 
 def truncate_metrics(run_dir: str | os.PathLike, key: str, last: int) -> None:

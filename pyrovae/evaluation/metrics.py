@@ -27,7 +27,7 @@ from pyro.infer import config_enumerate
 from torch import nn
 from torch.distributions import kl_divergence
 
-from pyrovae import checks
+from pyrovae import checks, memory
 from pyrovae.errors import PyrovaeError
 from pyrovae.infer.estimators import TraceEnum_ELBO
 from pyrovae.infer.traces import dependences, latent_sites, observed_sites, sample_sites, site_log_prob
@@ -233,19 +233,12 @@ class _Plan:
 
 def _free_bytes(device: torch.device) -> int | None:
     """Memory available for new tensors on ``device`` (None where it cannot be told)."""
-    if device.type == "cuda":  # free on the device, and held by torch's allocator but unused
-        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return torch.cuda.mem_get_info(device)[0] + unused
-    if device.type != "cpu":
+    if device.type not in ("cpu", "cuda"):
         return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    unused = 0
+    if device.type == "cuda":  # held by torch's allocator but unused: free for new tensors too
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return memory.available_bytes(device) + unused
 
 
 def _gib(n_bytes: float) -> str:

@@ -33,7 +33,7 @@ from pyrovae.evaluation.metrics import Data, as_batch, elbo_terms, log_likelihoo
 from pyrovae.experiments.runner import ensure_run, pm, say, seed_dirs, summarise
 from pyrovae.infer.registry import make_elbo
 from pyrovae.models.contract import inspect_program, with_own_params
-from pyrovae.runs import CHECKPOINT, read_metrics, write_bytes, write_csv
+from pyrovae.runs import CHECKPOINT, read_jsonl, read_metrics, write_bytes, write_csv
 from pyrovae.training.config import TrainConfig
 from pyrovae.training.loop import Run, train
 from pyrovae.viz import plots
@@ -205,16 +205,7 @@ def train_budget(
 
 
 def _read_budget(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / BUDGET_LOG
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a crash: measured again
-            break
-    return rows
+    return read_jsonl(run_dir / BUDGET_LOG)  # a line cut short by a crash: measured again
 
 
 def _load(data: Dataset | None, config: dict[str, Any]) -> Dataset:

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from pyrovae.errors import PyrovaeError
 from pyrovae.tracking.base import DEFAULT_EVERY, Tracker, check_every, numbers
 
 STEPS = "steps.jsonl"
@@ -44,19 +43,9 @@ class JSONLTracker(Tracker):
 
 def read_steps(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of ``RUN/steps.jsonl`` (a last line cut short by a kill is left out)."""
-    path = Path(run_dir) / STEPS
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise PyrovaeError(f"{path}, line {i + 1}, is not JSON: repair or delete it") from None
-    return rows
+    from pyrovae.runs import read_jsonl
+
+    return read_jsonl(Path(run_dir) / STEPS)
 
 
 def _keep_until(path: Path, step: int) -> None:
