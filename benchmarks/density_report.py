@@ -72,7 +72,7 @@ def curve_figure(rows: list[dict], folders: dict[tuple[str, str], Path]):
             color = line.get_color()
         ax.errorbar([r["train_minutes"]], [r["test_nll"]], yerr=[r["test_nll_se"]], fmt="o", color=color,
                     capsize=3, label=f"{label}: test NLL, K={r['k']:,}")
-    for (name, nll), style in zip(PUBLISHED.items(), [":", "--", "-.", (0, (1, 3))]):
+    for (name, nll), style in zip(PUBLISHED.items(), [":", "--", "-.", (0, (1, 3))], strict=True):
         ax.axhline(nll, color="gray", lw=0.8, ls=style, label=f"{name} {nll}")
     best = min(r["test_nll"] for r in rows)
     ax.set_ylim(best - 6, best + 20)
