@@ -49,8 +49,9 @@ def table(rows: list[dict]) -> str:
              "| K, test images |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["test_nll"]):
         lines.append(f"| `{r['model']}` | `{r['estimator']}` | {','.join(map(str, r['hidden']))} "
-                     f"({r['net']}) | {r['z_dim']} | {r['train_minutes']:.1f} ({r.get('threads', '?')} "
-                     f"thread) | {r['epochs']} ({r['best_epoch']}) | **{r['test_nll']:.2f} ± "
+                     f"({r['net']}) | {r['z_dim']} | {r['train_minutes']:.1f} ({r['threads']} "
+                     f"thread{'s' if r['threads'] != 1 else ''}) | {r['epochs']} ({r['best_epoch']}) | "
+                     f"**{r['test_nll']:.2f} ± "
                      f"{r['test_nll_se']:.2f}** | {r['k']:,}, {r['n_test']:,} |")
     for name, nll in PUBLISHED.items():
         lines.append(f"| {name}, published | | | | | | {nll:.2f} | 5,000, 10,000 |")
