@@ -69,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def row_key(row: dict) -> tuple:
+    """What tells one row of the table from another; a run's ``config.json`` has the same fields."""
+    return row["model"], row["estimator"], row["net"], tuple(row["hidden"]), row["z_dim"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.record:
         record = Path(args.record)
         rows = json.loads(record.read_text()) if record.is_file() else []
-        rows = [r for r in rows if (r["model"], r["estimator"]) != (row["model"], row["estimator"])]
+        rows = [r for r in rows if row_key(r) != row_key(row)]
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps([*rows, row], indent=2) + "\n")
     return row

@@ -28,7 +28,7 @@ from pyrovae.training.callbacks import load_best
 from pyrovae.viz import plots
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_density import PUBLISHED  # noqa: E402  (the published numbers, in one place)
+from bench_density import PUBLISHED, row_key  # noqa: E402  (one place for the numbers and the key)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,8 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def key(row: dict) -> tuple[str, str]:
-    return row["model"], row["estimator"]
+def labeller(rows: list[dict]):
+    """A short label per row: model and estimator, plus the network fields that differ between rows."""
+    varying = [f for f in ("net", "hidden", "z_dim") if len({str(r[f]) for r in rows}) > 1]
+
+    def label(row: dict) -> str:
+        extra = {"net": row["net"], "hidden": "-".join(map(str, row["hidden"])), "z_dim": f"z {row['z_dim']}"}
+        return ", ".join([row["model"], row["estimator"], *(extra[f] for f in varying)])
+    return label
 
 
 def table(rows: list[dict]) -> str:
@@ -58,12 +64,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def curve_figure(rows: list[dict], folders: dict[tuple[str, str], Path]):
+def curve_figure(rows: list[dict], folders: dict[tuple, Path]):
     fig = plots.figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    for r in sorted(rows, key=key):
-        label = f"{r['model']}, {r['estimator']}"
-        folder = folders.get(key(r))
+    name = labeller(rows)
+    for r in sorted(rows, key=lambda r: tuple(map(str, row_key(r)))):
+        label = name(r)
+        folder = folders.get(row_key(r))
         color = None
         if folder is not None:
             metrics = runs.read_metrics(folder)[: r["epochs"]]
@@ -84,17 +91,18 @@ def curve_figure(rows: list[dict], folders: dict[tuple[str, str], Path]):
     return fig
 
 
-def samples_figure(rows: list[dict], folders: dict[tuple[str, str], Path]):
-    chosen = [r for r in sorted(rows, key=lambda r: r["test_nll"]) if key(r) in folders]
+def samples_figure(rows: list[dict], folders: dict[tuple, Path]):
+    chosen = [r for r in sorted(rows, key=lambda r: r["test_nll"]) if row_key(r) in folders]
+    name = labeller(rows)
     cols = min(3, len(chosen))
     fig = plots.figure(figsize=(3.3 * cols, 3.6 * math.ceil(len(chosen) / cols)))
     for i, r in enumerate(chosen):
-        run = load_best(folders[key(r)], data=False)
+        run = load_best(folders[row_key(r)], data=False)
         images = pyrovae.sample(run.model, 64, seed=0)
         ax = fig.add_subplot(math.ceil(len(chosen) / cols), cols, i + 1)
         ax.imshow(plots.image_grid(images, 8), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"{r['model']}, {r['estimator']}: {r['test_nll']:.1f}", fontsize=9)
+        ax.set_title(f"{name(r)}: {r['test_nll']:.1f}", fontsize=9)
     return fig
 
 
@@ -105,14 +113,13 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"{args.results} holds no rows: run benchmarks/bench_density.py first")
     folders = {}
     for folder in map(Path, args.runs):
-        config = runs.read_config(folder)
-        folders[(config["model"], config["estimator"])] = folder
+        folders[row_key(runs.read_config(folder))] = folder
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = table(rows)
     runs.write_bytes(out / "table.md", text.encode())
     plots.save(curve_figure(rows, folders), out / "nll-vs-minutes.png")
-    if any(key(r) in folders for r in rows):
+    if any(row_key(r) in folders for r in rows):
         plots.save(samples_figure(rows, folders), out / "samples.png")
     print(text)
     return text

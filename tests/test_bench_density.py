@@ -54,3 +54,29 @@ def test_the_report_tables_rows_best_first_and_draws_both_figures(bench, tmp_pat
     assert (out / "table.md").read_text() == text
     for figure in ("nll-vs-minutes.png", "samples.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rows_that_differ_only_in_the_network_are_both_kept_and_drawn(bench, tmp_path, single_thread):
+    record, folders = tmp_path / "results.json", []
+    for net in ("mlp", "gated"):
+        folders.append(tmp_path / net)
+        bench.main(["--dataset", "digits", "--net", net, "--estimator", "iwae:3", "--hidden", "16",
+                    "--z-dim", "2", "--val", "200", "--iwae-k", "10", "--max-epochs", "2", "--warmup", "1",
+                    "--threads", "1", "--out", str(folders[-1]), "--record", str(record)])
+    rows = json.loads(record.read_text())
+    assert sorted(r["net"] for r in rows) == ["gated", "mlp"]
+    report = _script("density_report")
+    text = report.main(["--results", str(record), "--runs", *map(str, folders), "--out", str(tmp_path / "r")])
+    assert "(mlp)" in text and "(gated)" in text
+    found = {bench.row_key(report.runs.read_config(f)): f for f in folders}
+    legend = [t.get_text() for t in report.curve_figure(rows, found).axes[0].get_legend().get_texts()]
+    for net in ("mlp", "gated"):  # each row has its own validation curve: its folder was found
+        assert f"vae, iwae:3, {net}: validation -ELBO" in legend
+    titles = sorted(ax.get_title() for ax in report.samples_figure(rows, found).axes)
+    assert [t.rsplit(":", 1)[0] for t in titles] == ["vae, iwae:3, gated", "vae, iwae:3, mlp"]
+
+
+def test_the_report_refuses_an_empty_results_file(tmp_path):
+    (tmp_path / "results.json").write_text("[]")
+    with pytest.raises(SystemExit, match="holds no rows"):
+        _script("density_report").main(["--results", str(tmp_path / "results.json"), "--out", str(tmp_path)])
