@@ -36,8 +36,8 @@ from pyrovae.models.contract import Program, inspect_program, rng_untouched, tra
 __all__ = ["MAX_ELEMENTS", "MAX_IWAE_K", "active_units", "as_batch", "elbo_terms", "evaluate",
            "log_likelihood", "log_weights", "program_of"]
 
-# Largest number of site elements held at once when estimating log p(x): bounds memory.
-MAX_ELEMENTS = 1 << 24
+# Largest number of site elements held at once when estimating log p(x): bounds memory,
+MAX_ELEMENTS = 1 << 22  # and speed: chunks that fit the caches (benchmarks/bench_eval_chunks.py)
 # More importance samples per example than any estimate needs (the literature uses 5,000): a
 # request above it is a typo or a unit slip, and would run for hours without a word.
 MAX_IWAE_K = 10**7
