@@ -10,7 +10,9 @@ Protocol (as in Tomczak & Welling 2018 and the papers tabulated by Norouzi et al
   training budget of ``--minutes`` (summed training time, evaluation excluded);
 * the test set touched once: test NLL of the best checkpoint by importance sampling with
   K = ``--iwae-k`` (5000) on all 10,000 test images (binarized once, fixed seed), with its standard
-  error over images.
+  error over images;
+* for a model that assigns clusters (``gmvae``: ``model.assign``), the purity of its clusters on the
+  same test images against their labels (``test_purity``).
 
 Every step goes through the library (``pyrovae.train`` with callbacks, ``Dataset.validation``,
 ``load_best``, ``pyrovae.log_likelihood``). Rerunning with the same ``--out`` resumes an interrupted
@@ -35,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 import pyrovae
+from pyrovae.models.mixture import cluster_purity
 from pyrovae.runs import CHECKPOINT
 from pyrovae.training.callbacks import BestCheckpoint, EarlyStopping, TimeBudget, best_epoch, load_best
 from pyrovae.training.loop import prepare_data
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # the test set, once: the best checkpoint, binarized as every held-out set (fixed seed)
     chosen = load_best(out, data=split)
-    test_x = prepare_data(chosen.config, data).test_x[: args.n_test]
+    test = prepare_data(chosen.config, data)
+    test_x = test.test_x[: args.n_test]
     pyro.set_rng_seed(args.seed)
     t0 = time.perf_counter()
     parts = []
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_minutes": (time.process_time() - cpu0) / 60, "threads": args.threads,
         "dataset": args.dataset, "torch": torch.__version__, "pyrovae": pyrovae.__version__,
     }
+    if callable(getattr(chosen.model, "assign", None)) and test.test_y is not None:
+        row["test_purity"] = cluster_purity(chosen.model, test_x, test.test_y[: args.n_test])
     print(json.dumps(row, indent=2))
     print("published (NLL, nats): " + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items()))
     if args.record:

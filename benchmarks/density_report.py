@@ -1,13 +1,16 @@
 """The density table from the rows of ``bench_density.py``: a Markdown table and two figures.
 
-Reads the rows (``docs/results/density/results.json``, a JSON list) and, for the figures, the
-rows' run folders (``--runs``; each folder's ``config.json`` names its model and estimator):
+Reads the rows (``docs/results/density/results.json``, a JSON list) and the run folders given
+with ``--runs`` (each folder's ``config.json`` says which row it is). What the figures need of a run
+is kept beside the table, so a row keeps its curve and samples after its run folder is gone:
+``curves/SLUG.csv`` (epoch, training minutes, validation ELBO) and ``samples/SLUG.png`` (64 prior
+samples, pixel means, of the best checkpoint), one per row, rewritten when its folder is given.
 
 * ``table.md``: one line per row, best first, next to the published NLLs on the same protocol;
 * ``nll-vs-minutes.png``: the validation negative ELBO of each run against its training minutes
   (the curve model selection saw), with the row's test NLL (K = 5000, +- one standard error) as a
   point at the end: the test set is touched once per row, so it gives one point, not a curve;
-* ``samples.png``: 64 prior samples (pixel means) of each row's best checkpoint.
+* ``samples.png``: the rows' sample grids, best row first.
 
     python benchmarks/density_report.py --runs runs/density-* --out docs/results/density
 """
@@ -15,12 +18,15 @@ rows' run folders (``--runs``; each folder's ``config.json`` names its model and
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
-import torch
+from matplotlib import image as mpimg
 
 import pyrovae
 from pyrovae import runs
@@ -61,22 +67,61 @@ def table(rows: list[dict]) -> str:
                      f"{r['test_nll_se']:.2f}** | {r['k']:,}, {r['n_test']:,} |")
     for name, nll in PUBLISHED.items():
         lines.append(f"| {name}, published | | | | | | {nll:.2f} | 5,000, 10,000 |")
+    clustered = [r for r in rows if r.get("test_purity") is not None]
+    if clustered:
+        name = labeller(rows)
+        lines += ["", "Cluster purity of `argmax_c q(c | x)` on the test images: " + "; ".join(
+            f"{name(r)} {r['test_purity']:.3f}" for r in clustered) + "."]
     return "\n".join(lines) + "\n"
 
 
-def curve_figure(rows: list[dict], folders: dict[tuple, Path]):
+def slug(row: dict) -> str:
+    """A file name for the row, from its key, with characters other than letters, digits and dots
+    replaced: ``vamp:components=50``, ``iwae:5``, gated, hidden 300,300, z 40 give
+    ``vamp_components_50-iwae_5-gated-300x300-z40``."""
+    model, estimator, net, hidden, z_dim = row_key(row)
+    return "-".join(re.sub(r"[^A-Za-z0-9.]+", "_", part)
+                    for part in (model, estimator, net, "x".join(map(str, hidden)), f"z{z_dim}"))
+
+
+def export(row: dict, folder: Path, out: Path) -> None:
+    """Keep what the figures need of ``row``'s run ``folder`` under ``out``: the validation curve of
+    the epochs the row trained, and 64 prior samples of its best checkpoint."""
+    metrics = runs.read_metrics(folder)[: row["epochs"]]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["epoch", "minutes", "val_elbo"])
+    minutes = 0.0
+    for m in metrics:
+        minutes += m["seconds"] / 60
+        writer.writerow([m["epoch"], f"{minutes:.4f}", f"{m['test_elbo']:.4f}"])
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+    runs.write_bytes(out / "curves" / f"{slug(row)}.csv", text.getvalue().encode())
+    run = load_best(folder, data=False)
+    grid = plots.image_grid(pyrovae.sample(run.model, 64, seed=0), 8)
+    png = io.BytesIO()
+    mpimg.imsave(png, grid, cmap="gray", vmin=0, vmax=1, format="png")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    runs.write_bytes(out / "samples" / f"{slug(row)}.png", png.getvalue())
+
+
+def read_curve(path: Path) -> tuple[list[float], list[float]]:
+    """Training minutes and validation -ELBO of a curve file written by :func:`export`."""
+    with open(path, newline="") as f:
+        points = list(csv.DictReader(f))
+    return [float(p["minutes"]) for p in points], [-float(p["val_elbo"]) for p in points]
+
+
+def curve_figure(rows: list[dict], out: Path):
     fig = plots.figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     name = labeller(rows)
     for r in sorted(rows, key=lambda r: tuple(map(str, row_key(r)))):
         label = name(r)
-        folder = folders.get(row_key(r))
+        path = out / "curves" / f"{slug(r)}.csv"
         color = None
-        if folder is not None:
-            metrics = runs.read_metrics(folder)[: r["epochs"]]
-            minutes = torch.tensor([m["seconds"] for m in metrics]).cumsum(0) / 60
-            (line,) = ax.plot(minutes, [-m["test_elbo"] for m in metrics], lw=1,
-                              label=f"{label}: validation -ELBO")
+        if path.is_file():
+            (line,) = ax.plot(*read_curve(path), lw=1, label=f"{label}: validation -ELBO")
             color = line.get_color()
         ax.errorbar([r["train_minutes"]], [r["test_nll"]], yerr=[r["test_nll_se"]], fmt="o", color=color,
                     capsize=3, label=f"{label}: test NLL, K={r['k']:,}")
@@ -91,16 +136,18 @@ def curve_figure(rows: list[dict], folders: dict[tuple, Path]):
     return fig
 
 
-def samples_figure(rows: list[dict], folders: dict[tuple, Path]):
-    chosen = [r for r in sorted(rows, key=lambda r: r["test_nll"]) if row_key(r) in folders]
+def samples_figure(rows: list[dict], out: Path):
+    """The sample grids kept for the rows, best row first; ``None`` when no row has one."""
+    chosen = [r for r in sorted(rows, key=lambda r: r["test_nll"])
+              if (out / "samples" / f"{slug(r)}.png").is_file()]
+    if not chosen:
+        return None
     name = labeller(rows)
     cols = min(3, len(chosen))
     fig = plots.figure(figsize=(3.3 * cols, 3.6 * math.ceil(len(chosen) / cols)))
     for i, r in enumerate(chosen):
-        run = load_best(folders[row_key(r)], data=False)
-        images = pyrovae.sample(run.model, 64, seed=0)
         ax = fig.add_subplot(math.ceil(len(chosen) / cols), cols, i + 1)
-        ax.imshow(plots.image_grid(images, 8), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(mpimg.imread(out / "samples" / f"{slug(r)}.png"), interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(f"{name(r)}: {r['test_nll']:.1f}", fontsize=9)
     return fig
@@ -111,16 +158,22 @@ def main(argv: list[str] | None = None) -> str:
     rows = json.loads(Path(args.results).read_text())
     if not rows:
         raise SystemExit(f"{args.results} holds no rows: run benchmarks/bench_density.py first")
-    folders = {}
-    for folder in map(Path, args.runs):
-        folders[row_key(runs.read_config(folder))] = folder
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    by_key = {row_key(r): r for r in rows}
+    for folder in map(Path, args.runs):
+        key = row_key(runs.read_config(folder))
+        if key in by_key:
+            export(by_key[key], folder, out)
+        else:
+            print(f"{folder}: its row is not in {args.results} yet (rerun bench_density.py with --record); "
+                  "left out", file=sys.stderr)
     text = table(rows)
     runs.write_bytes(out / "table.md", text.encode())
-    plots.save(curve_figure(rows, folders), out / "nll-vs-minutes.png")
-    if any(row_key(r) in folders for r in rows):
-        plots.save(samples_figure(rows, folders), out / "samples.png")
+    plots.save(curve_figure(rows, out), out / "nll-vs-minutes.png")
+    samples = samples_figure(rows, out)
+    if samples is not None:
+        plots.save(samples, out / "samples.png")
     print(text)
     return text
 

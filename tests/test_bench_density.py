@@ -3,6 +3,7 @@ best checkpoint, the test set once, a row a program can check."""
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,12 +69,48 @@ def test_rows_that_differ_only_in_the_network_are_both_kept_and_drawn(bench, tmp
     report = _script("density_report")
     text = report.main(["--results", str(record), "--runs", *map(str, folders), "--out", str(tmp_path / "r")])
     assert "(mlp)" in text and "(gated)" in text
-    found = {bench.row_key(report.runs.read_config(f)): f for f in folders}
-    legend = [t.get_text() for t in report.curve_figure(rows, found).axes[0].get_legend().get_texts()]
+    legend = report.curve_figure(rows, tmp_path / "r").axes[0].get_legend().get_texts()
+    legend = [t.get_text() for t in legend]
     for net in ("mlp", "gated"):  # each row has its own validation curve: its folder was found
         assert f"vae, iwae:3, {net}: validation -ELBO" in legend
-    titles = sorted(ax.get_title() for ax in report.samples_figure(rows, found).axes)
+    titles = sorted(ax.get_title() for ax in report.samples_figure(rows, tmp_path / "r").axes)
     assert [t.rsplit(":", 1)[0] for t in titles] == ["vae, iwae:3, gated", "vae, iwae:3, mlp"]
+
+
+def test_a_row_keeps_its_curve_and_samples_after_its_run_folder_is_gone(bench, tmp_path, single_thread):
+    record, out = tmp_path / "results.json", tmp_path / "report"
+    folders = {}
+    for model in ("vae", "gmvae"):
+        folders[model] = tmp_path / model
+        estimator = "enum" if model == "gmvae" else "trace"
+        bench.main(["--dataset", "digits", "--model", model, "--estimator", estimator, "--hidden", "16",
+                    "--z-dim", "2", "--val", "200", "--iwae-k", "10", "--max-epochs", "2", "--warmup", "1",
+                    "--threads", "1", "--out", str(folders[model]), "--record", str(record)])
+    rows = json.loads(record.read_text())
+    gmvae = next(r for r in rows if r["model"] == "gmvae")
+    assert 0.1 <= gmvae["test_purity"] <= 1  # at least the share of the commonest digit
+    assert "test_purity" not in next(r for r in rows if r["model"] == "vae")
+    report = _script("density_report")
+    report.main(["--results", str(record), "--runs", *map(str, folders.values()), "--out", str(out)])
+    curve = (out / "curves" / f"{report.slug(gmvae)}.csv").read_text().splitlines()
+    assert curve[0] == "epoch,minutes,val_elbo" and len(curve) == 1 + gmvae["epochs"]
+    assert float(curve[-1].split(",")[2]) == pytest.approx(
+        [m["test_elbo"] for m in report.runs.read_metrics(folders["gmvae"])][-1], abs=1e-3)
+    shutil.rmtree(folders["vae"])
+    text = report.main(["--results", str(record), "--runs", str(folders["gmvae"]), "--out", str(out)])
+    assert f"gmvae, enum {gmvae['test_purity']:.3f}" in text
+    legend = [t.get_text() for t in report.curve_figure(rows, out).axes[0].get_legend().get_texts()]
+    assert "vae, trace: validation -ELBO" in legend and "gmvae, enum: validation -ELBO" in legend
+    assert sorted(ax.get_title().rsplit(":", 1)[0] for ax in report.samples_figure(rows, out).axes) == [
+        "gmvae, enum", "vae, trace"]
+
+
+def test_row_file_names_are_plain_and_tell_rows_apart(bench):
+    report = _script("density_report")
+    row = {"model": "vamp:components=50", "estimator": "iwae:5", "net": "gated", "hidden": [300, 300],
+           "z_dim": 40}
+    assert report.slug(row) == "vamp_components_50-iwae_5-gated-300x300-z40"
+    assert report.slug({**row, "hidden": [300]}) != report.slug(row) != report.slug({**row, "net": "mlp"})
 
 
 def test_the_report_refuses_an_empty_results_file(tmp_path):
