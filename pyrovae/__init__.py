@@ -16,6 +16,7 @@ Subpackages follow the data flow: ``data`` -> ``nn`` -> ``models`` -> ``infer`` 
 
 from pyrovae import runs
 from pyrovae.data.datasets import Dataset, binarize, load_dataset
+from pyrovae.distributions import DiagNormalMixture
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluation.diagnostics import gradient_stats, param_groups
 from pyrovae.evaluation.generate import encode, reconstruct, sample
@@ -38,6 +39,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BUILTINS", "LIKELIHOODS", "VAE", "AutoEncoder", "BestCheckpoint", "Dataset", "DenoisingAutoEncoder",
+    "DiagNormalMixture",
     "EarlyStopping", "KLWeight", "TimeBudget", "load_best",
     "PyrovaeError", "Run", "TrainConfig", "TrainingDiverged", "active_units", "binarize",
     "build_likelihood", "build_model", "build_vae", "compare", "describe_estimators", "elbo_terms",

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import pyrovae
 from pyrovae.models.mixture import cluster_purity
@@ -82,9 +83,16 @@ def test_rows_that_differ_only_in_the_network_are_both_kept_and_drawn(bench, tmp
     assert [t.rsplit(":", 1)[0] for t in titles] == ["vae, iwae:3, gated", "vae, iwae:3, mlp"]
 
 
-def test_a_row_keeps_its_curve_and_samples_after_its_run_folder_is_gone(bench, tmp_path, single_thread):
+def test_a_row_keeps_its_curve_and_samples_after_its_run_folder_is_gone(bench, tmp_path, single_thread,
+                                                                       monkeypatch):
     record, out = tmp_path / "results.json", tmp_path / "report"
-    folders = {}
+    folders, scored = {}, []
+
+    def recording_purity(model, x, y):
+        scored.append((x, y))
+        return cluster_purity(model, x, y)
+
+    monkeypatch.setattr(bench, "cluster_purity", recording_purity)
     for model in ("vae", "gmvae"):
         folders[model] = tmp_path / model
         estimator = "enum" if model == "gmvae" else "trace"
@@ -96,6 +104,8 @@ def test_a_row_keeps_its_curve_and_samples_after_its_run_folder_is_gone(bench, t
     chosen = load_best(folders["gmvae"], data=pyrovae.load_dataset("digits").validation(200, seed=0))
     test = prepare_data(chosen.config, pyrovae.load_dataset("digits"))
     assert gmvae["test_purity"] == cluster_purity(chosen.model, test.test_x, test.test_y)  # the best, on test
+    [(x, y)] = scored  # the binarized test images with their own labels, in their order
+    assert torch.equal(x, test.test_x) and torch.equal(y, test.test_y)
     assert "test_purity" not in next(r for r in rows if r["model"] == "vae")
     report = _script("density_report")
     report.main(["--results", str(record), "--runs", *map(str, folders.values()), "--out", str(out)])
@@ -124,3 +134,22 @@ def test_the_report_refuses_an_empty_results_file(tmp_path):
     (tmp_path / "results.json").write_text("[]")
     with pytest.raises(SystemExit, match="holds no rows"):
         _script("density_report").main(["--results", str(tmp_path / "results.json"), "--out", str(tmp_path)])
+
+
+def test_a_run_whose_row_is_not_recorded_is_named_and_left_out(bench, tmp_path, single_thread, capsys):
+    folders = {}
+    for model in ("vae", "hvae"):  # each recorded in a results file of its own
+        folders[model] = tmp_path / model
+        bench.main(["--dataset", "digits", "--model", model, "--estimator", "trace", "--hidden", "16",
+                    "--z-dim", "2", "--val", "200", "--iwae-k", "5", "--max-epochs", "1", "--warmup", "1",
+                    "--threads", "1", "--out", str(folders[model]),
+                    "--record", str(tmp_path / f"{model}.json")])
+    report, out = _script("density_report"), tmp_path / "report"
+    capsys.readouterr()
+    report.main(["--results", str(tmp_path / "vae.json"), "--runs", *map(str, folders.values()),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert f"{folders['hvae']}: its row is not in {tmp_path / 'vae.json'} yet" in err
+    assert f"{folders['vae']}:" not in err and err.count("not in") == 1
+    [vae] = json.loads((tmp_path / "vae.json").read_text())
+    assert sorted(p.name for p in (out / "curves").iterdir()) == [f"{report.slug(vae)}.csv"]

@@ -10,6 +10,10 @@ Pseudo-inputs are kept in the data range [0, 1] by a hardtanh, as in the paper's
 ``0.5 + 0.01 * noise``: the paper draws them from a narrow normal too, but the training data (which
 its code can also copy from) are not known when the model is built, and 0.5 keeps every pixel
 inside the range where the hardtanh passes gradients.
+
+The prior is a :class:`~pyrovae.distributions.DiagNormalMixture`: it scores ``z`` against the
+``K`` Gaussians by matrix products instead of a ``(..., K, z_dim)`` tensor, so ``K = 500`` costs
+little more than ``K = 50``.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pyrovae import checks
+from pyrovae.distributions import DiagNormalMixture
 from pyrovae.models.vae import VAE
 
 __all__ = ["PseudoInputs", "VampVAE"]
@@ -57,11 +61,10 @@ class VampVAE(VAE):
         self.pseudo_inputs = PseudoInputs(components, self.shape)
         self._spec["components"] = components
 
-    def prior(self) -> dist.MixtureSameFamily:
+    def prior(self) -> DiagNormalMixture:
         """``p(z)``: uniform weights over the encoder's Gaussians at the pseudo-inputs, event ``(z_dim,)``."""
         loc, scale = self.encoder(self.pseudo_inputs())  # (K, z_dim) each
-        weights = dist.Categorical(logits=loc.new_zeros(loc.shape[0]))
-        return dist.MixtureSameFamily(weights, dist.Normal(loc, scale).to_event(1))
+        return DiagNormalMixture(loc, scale)
 
     def model(self, x: torch.Tensor) -> None:
         """``z ~ VampPrior``, ``x ~ p(x | decoder(z))``; ``x`` of shape ``(N, C, H, W)``."""
