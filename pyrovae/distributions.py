@@ -7,7 +7,7 @@ plate's shape, so ``scale ** 2`` and ``scale.log()`` are recomputed for every ex
 Here the squared Mahalanobis distances come from two matrix products with unexpanded
 ``(K, D)`` parameters, and expanding to a plate wraps the distribution
 (:class:`~pyro.distributions.torch_distribution.ExpandedDistribution`) without copying them:
-about 20x faster at ``K = 50`` or ``500``, ``D = 40`` on a CPU (``benchmarks/bench_mixture.py``).
+7x to 46x faster at ``K = 50`` or ``500``, ``D = 40``, on one CPU thread (``benchmarks/bench_mixture.py``).
 """
 
 from __future__ import annotations
