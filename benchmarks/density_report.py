@@ -149,7 +149,7 @@ def samples_figure(rows: list[dict], out: Path):
         ax = fig.add_subplot(math.ceil(len(chosen) / cols), cols, i + 1)
         ax.imshow(mpimg.imread(out / "samples" / f"{slug(r)}.png"), interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"{name(r)}: {r['test_nll']:.1f}", fontsize=9)
+        ax.set_title(f"{name(r)}:\n{r['test_nll']:.2f} nats", fontsize=9)
     return fig
 
 
