@@ -10,7 +10,7 @@ Protocol (as in Tomczak & Welling 2018 and the papers tabulated by Norouzi et al
   training budget of ``--minutes`` (summed training time, evaluation excluded);
 * the test set touched once: test NLL of the best checkpoint by importance sampling with
   K = ``--iwae-k`` (5000) on all 10,000 test images (binarized once, fixed seed), with its standard
-  error over images;
+  error over images; the per-image values are saved as ``test-log-px.pt`` in the run folder;
 * for a model that assigns clusters (``gmvae``: ``model.assign``), the purity of its clusters on the
   same test images against their labels (``test_purity``).
 
@@ -42,6 +42,7 @@ from pyrovae.runs import CHECKPOINT
 from pyrovae.training.callbacks import BestCheckpoint, EarlyStopping, TimeBudget, best_epoch, load_best
 from pyrovae.training.loop import prepare_data
 
+TEST_LOG_PX = "test-log-px.pt"  # in the run folder: the test images' log p(x), (n_test,) float64
 PUBLISHED = {"VAE (Gaussian prior, MLP)": 228.70, "VampPrior (MLP)": 227.35,
              "Exemplar prior (MLP)": 226.75, "HVAE (convolutional)": 225.38}
 
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                   unit="batch"):
         parts.append(pyrovae.log_likelihood(chosen.model, test_x[i:i + args.eval_batch], args.iwae_k))
     log_px = torch.cat(parts).double()
+    torch.save(log_px, out / TEST_LOG_PX)  # per image, for paired differences between rows
     nll, se = -log_px.mean().item(), (log_px.std() / math.sqrt(len(log_px))).item()
     row = {
         "model": args.model, "estimator": args.estimator, "net": args.net, "hidden": config["hidden"],

@@ -3,10 +3,14 @@
 Reads the rows (``docs/results/density/results.json``, a JSON list) and the run folders given
 with ``--runs`` (each folder's ``config.json`` says which row it is). What the figures need of a run
 is kept beside the table, so a row keeps its curve and samples after its run folder is gone:
-``curves/SLUG.csv`` (epoch, training minutes, validation ELBO) and ``samples/SLUG.png`` (64 prior
-samples, pixel means, of the best checkpoint), one per row, rewritten when its folder is given.
+``curves/SLUG.csv`` (epoch, training minutes, validation ELBO), ``samples/SLUG.png`` (64 prior
+samples, pixel means, of the best checkpoint) and, where the run saved them, ``log_px/SLUG.npy``
+(the test images' ``log p(x)``), one per row, rewritten when its folder is given.
 
 * ``table.md``: one line per row, best first, next to the published NLLs on the same protocol;
+  then, for the rows with per-image values, each one's NLL difference from the best of them with
+  the standard error of the per-image difference (the rows share the test images, so this error
+  is far smaller than either row's own);
 * ``nll-vs-minutes.png``: the validation negative ELBO of each run against its training minutes
   (the curve model selection saw), with the row's test NLL (K = 5000, +- one standard error) as a
   point at the end: the test set is touched once per row, so it gives one point, not a curve;
@@ -26,6 +30,8 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
 from matplotlib import image as mpimg
 
 import pyrovae
@@ -34,7 +40,7 @@ from pyrovae.training.callbacks import load_best
 from pyrovae.viz import plots
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_density import PUBLISHED, row_key  # noqa: E402  (one place for the numbers and the key)
+from bench_density import PUBLISHED, TEST_LOG_PX, row_key  # noqa: E402  (one place for these)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,8 +61,26 @@ def labeller(rows: list[dict]):
     return label
 
 
-def table(rows: list[dict]) -> str:
-    """The rows as Markdown, lowest test NLL first, then the published numbers."""
+def paired(rows: list[dict], out: Path) -> list[tuple[dict, float, float]]:
+    """``(row, NLL difference from the best row, its standard error)`` for the rows whose per-image
+    ``log p(x)`` are kept under ``out``, best first; the error is that of the mean per-image
+    difference on the shared test images. Empty with fewer than two such rows."""
+    kept = {id(r): out / "log_px" / f"{slug(r)}.npy" for r in rows}
+    kept = {k: np.load(p, allow_pickle=False) for k, p in kept.items() if p.is_file()}
+    chosen = sorted((r for r in rows if id(r) in kept), key=lambda r: r["test_nll"])
+    if len(chosen) < 2 or len({len(kept[id(r)]) for r in chosen}) > 1:
+        return []
+    best = kept[id(chosen[0])]
+    result = []
+    for r in chosen:
+        diff = best - kept[id(r)]  # per image: NLL of the row minus NLL of the best
+        result.append((r, float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff)))))
+    return result
+
+
+def table(rows: list[dict], out: Path | None = None) -> str:
+    """The rows as Markdown, lowest test NLL first, then the published numbers; with ``out``, the
+    paired differences of :func:`paired`."""
     lines = ["| model | estimator | hidden | z | training minutes | epochs (best) | test NLL (nats) "
              "| K, test images |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["test_nll"]):
@@ -67,6 +91,12 @@ def table(rows: list[dict]) -> str:
                      f"{r['test_nll_se']:.2f}** | {r['k']:,}, {r['n_test']:,} |")
     for name, nll in PUBLISHED.items():
         lines.append(f"| {name}, published | | | | | | {nll:.2f} | 5,000, 10,000 |")
+    pairs = paired(rows, out) if out is not None else []
+    if pairs:
+        name = labeller(rows)
+        lines += ["", f"Paired on the same test images, test NLL above {name(pairs[0][0])} (nats, ± the "
+                  "standard error of the per-image difference): " + "; ".join(
+                      f"{name(r)} +{d:.2f} ± {se:.2f}" for r, d, se in pairs[1:]) + "."]
     clustered = [r for r in rows if r.get("test_purity") is not None]
     if clustered:
         name = labeller(rows)
@@ -85,8 +115,9 @@ def slug(row: dict) -> str:
 
 
 def export(row: dict, folder: Path, out: Path) -> None:
-    """Keep what the figures need of ``row``'s run ``folder`` under ``out``: the validation curve of
-    the epochs the row trained, and 64 prior samples of its best checkpoint."""
+    """Keep what the figures and the paired differences need of ``row``'s run ``folder`` under
+    ``out``: the validation curve of the epochs the row trained, 64 prior samples of its best
+    checkpoint, and the test images' ``log p(x)`` where the run saved them."""
     metrics = runs.read_metrics(folder)[: row["epochs"]]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -103,6 +134,11 @@ def export(row: dict, folder: Path, out: Path) -> None:
     mpimg.imsave(png, grid, cmap="gray", vmin=0, vmax=1, format="png")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     runs.write_bytes(out / "samples" / f"{slug(row)}.png", png.getvalue())
+    if (folder / TEST_LOG_PX).is_file():
+        values = io.BytesIO()
+        np.save(values, torch.load(folder / TEST_LOG_PX, weights_only=True).numpy(), allow_pickle=False)
+        (out / "log_px").mkdir(parents=True, exist_ok=True)
+        runs.write_bytes(out / "log_px" / f"{slug(row)}.npy", values.getvalue())
 
 
 def read_curve(path: Path) -> tuple[list[float], list[float]]:
@@ -168,7 +204,7 @@ def main(argv: list[str] | None = None) -> str:
         else:
             print(f"{folder}: its row is not in {args.results} yet (rerun bench_density.py with --record); "
                   "left out", file=sys.stderr)
-    text = table(rows)
+    text = table(rows, out)
     runs.write_bytes(out / "table.md", text.encode())
     plots.save(curve_figure(rows, out), out / "nll-vs-minutes.png")
     samples = samples_figure(rows, out)

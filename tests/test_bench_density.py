@@ -3,9 +3,11 @@ best checkpoint, the test set once, a row a program can check."""
 
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +63,21 @@ def test_the_report_tables_rows_best_first_and_draws_both_figures(bench, tmp_pat
     assert (out / "table.md").read_text() == text
     for figure in ("nll-vs-minutes.png", "samples.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    # paired on the same test images: the per-image values kept beside the table give back each
+    # row's NLL, and the difference's error is the per-image one, worked out here by hand
+    report = _script("density_report")
+    kept = [np.load(out / "log_px" / f"{report.slug(r)}.npy") for r in rows]
+    for r, folder, values in zip(rows, sorted(folders, key=lambda f: f.name != rows[0]["model"]), kept,
+                                 strict=True):
+        assert -values.mean() == pytest.approx(r["test_nll"], abs=1e-9) and len(values) == r["n_test"]
+        assert np.array_equal(values, torch.load(folder / "test-log-px.pt").numpy())
+    diff = kept[0] - kept[1]
+    se = math.sqrt(sum((d - diff.mean()) ** 2 for d in diff) / (len(diff) - 1) / len(diff))
+    [(best, _, _), (other, d, got_se)] = report.paired(rows, out)
+    assert best is rows[0] and other is rows[1]
+    assert d == pytest.approx(rows[1]["test_nll"] - rows[0]["test_nll"], abs=1e-9)
+    assert got_se == pytest.approx(se, rel=1e-9)
+    assert f"+{d:.2f} ± {se:.2f}." in text
 
 
 def test_rows_that_differ_only_in_the_network_are_both_kept_and_drawn(bench, tmp_path, single_thread):
