@@ -65,17 +65,14 @@ def paired(rows: list[dict], out: Path) -> list[tuple[dict, float, float]]:
     """``(row, NLL difference from the best row, its standard error)`` for the rows whose per-image
     ``log p(x)`` are kept under ``out``, best first; the error is that of the mean per-image
     difference on the shared test images. Empty with fewer than two such rows."""
-    kept = {id(r): out / "log_px" / f"{slug(r)}.npy" for r in rows}
-    kept = {k: np.load(p, allow_pickle=False) for k, p in kept.items() if p.is_file()}
-    chosen = sorted((r for r in rows if id(r) in kept), key=lambda r: r["test_nll"])
-    if len(chosen) < 2 or len({len(kept[id(r)]) for r in chosen}) > 1:
+    files = ((r, out / "log_px" / f"{slug(r)}.npy") for r in sorted(rows, key=lambda r: r["test_nll"]))
+    kept = [(r, np.load(path, allow_pickle=False)) for r, path in files if path.is_file()]
+    if len(kept) < 2 or len({len(values) for _, values in kept}) > 1:
         return []
-    best = kept[id(chosen[0])]
-    result = []
-    for r in chosen:
-        diff = best - kept[id(r)]  # per image: NLL of the row minus NLL of the best
-        result.append((r, float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff)))))
-    return result
+    best = kept[0][1]
+    # per image: NLL of the row minus NLL of the best
+    return [(r, float((best - values).mean()), float((best - values).std(ddof=1) / math.sqrt(len(best))))
+            for r, values in kept]
 
 
 def table(rows: list[dict], out: Path | None = None) -> str:
